@@ -1,0 +1,53 @@
+"""Shared fixtures: offline environment, seeding, the toy tokenizer and models (random tiny ones and trained ones)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+from trl_reasoning_distill.utils import tune_cpu_allocator
+
+tune_cpu_allocator()
+
+CPU_TRAINING = dict(
+    use_cpu=True, bf16=False, fp16=False, report_to="none", logging_steps=1, save_strategy="no", seed=0,
+    dataloader_num_workers=0, disable_tqdm=True, activation_checkpointing=False,
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from trl_reasoning_distill.toy.tokenizer import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture
+def tiny_student(tokenizer):
+    from trl_reasoning_distill.toy.models import build_student
+
+    return build_student(tokenizer, seed=1)
+
+
+@pytest.fixture
+def tiny_teacher(tokenizer):
+    from trl_reasoning_distill.toy.models import build_teacher
+
+    return build_teacher(tokenizer, seed=2)

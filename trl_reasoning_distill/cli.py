@@ -1,0 +1,99 @@
+"""`trl-distill`: evaluate a model, run the toy demo, rebuild the toy world.
+
+    trl-distill eval --model toy-student --dataset toy:test:500 --k 8 --output runs/student.jsonl
+    trl-distill eval --model ./checkpoints/step-1000 --dataset data/gsm8k_test.jsonl --max_new_tokens 2048
+    trl-distill demo
+    trl-distill build-toy
+"""
+
+import argparse
+import json
+import sys
+
+TOY_MODELS = ("toy-teacher", "toy-student")
+
+
+def load_dataset_spec(spec: str):
+    """`toy:<split>:<n>[:<min_ops>-<max_ops>]`, or a JSON/JSONL/Parquet file with `prompt` and `answer` columns."""
+    if spec.startswith("toy:"):
+        from .toy import toy_dataset
+
+        parts = spec.split(":")
+        if len(parts) not in (3, 4):
+            raise ValueError(f"toy dataset spec is toy:<split>:<n>[:<min_ops>-<max_ops>], got {spec!r}.")
+        ops = tuple(int(x) for x in parts[3].split("-")) if len(parts) == 4 else (2, 4)
+        return toy_dataset(parts[1], int(parts[2]), seed=0, min_ops=ops[0], max_ops=ops[-1])
+    from datasets import load_dataset
+
+    kind = "parquet" if spec.endswith(".parquet") else "json"
+    return load_dataset(kind, data_files=spec, split="train")
+
+
+def load_model_and_tokenizer(name: str, trust_remote_code: bool = False):
+    if name in TOY_MODELS:
+        from .toy import load_toy_student, load_toy_teacher, load_toy_tokenizer
+
+        return (load_toy_teacher() if name == "toy-teacher" else load_toy_student()), load_toy_tokenizer()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(name, dtype="auto", trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def cmd_eval(args) -> None:
+    import torch
+
+    from .evaluation import evaluate
+
+    model, tokenizer = load_model_and_tokenizer(args.model, args.trust_remote_code)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    dataset = load_dataset_spec(args.dataset)
+    result = evaluate(model, tokenizer, dataset, k=args.k, temperature=args.temperature, top_p=args.top_p,
+                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, extraction=args.extraction,
+                      output_jsonl=args.output)
+    print(json.dumps(result.summary()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trl-distill", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("eval", help="greedy pass@1 and avg@k accuracy of a model on a prompt/answer dataset")
+    ev.add_argument("--model", required=True, help=f"a path or hub id, or one of {TOY_MODELS}")
+    ev.add_argument("--dataset", required=True, help="toy:<split>:<n>[:<min>-<max>] or a .jsonl/.json/.parquet file")
+    ev.add_argument("--k", type=int, default=0, help="samples per prompt for avg@k (0: greedy only)")
+    ev.add_argument("--temperature", type=float, default=1.0)
+    ev.add_argument("--top_p", type=float, default=1.0)
+    ev.add_argument("--max_new_tokens", type=int, default=256)
+    ev.add_argument("--batch_size", type=int, default=128)
+    ev.add_argument("--extraction", default="auto", help="answer extraction mode (verify.EXTRACTION_MODES)")
+    ev.add_argument("--output", default=None, help="per-example JSONL (resumed if it exists)")
+    ev.add_argument("--trust_remote_code", action="store_true")
+    sub.add_parser("demo", help="the baselines on the toy world (make demo)")
+    sub.add_parser("build-toy", help="retrain the toy teacher and student (about 15-20 min on CPU)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = build_parser().parse_known_args(argv)
+    if args.command == "eval":
+        if rest:
+            raise SystemExit(f"unknown arguments: {rest}")
+        cmd_eval(args)
+    elif args.command == "demo":
+        from .demo import main as demo_main
+
+        demo_main(rest)
+    else:
+        from .toy.build import main as build_main
+
+        build_main(rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Accuracy harness: greedy pass@1 and avg@k sampling accuracy of a causal LM on a `prompt`/`answer` dataset.
+
+Works for any dataset whose `prompt` is chat messages (or a plain string, sent as one user message) and whose
+`answer` is the gold final answer. Answers are extracted with `verify.extract_answer` (mode recorded in the output)
+and graded with `verify.grade`. Per-example records are appended to a JSONL file as each batch finishes (flushed and
+fsynced, keyed by `id`), so an interrupted evaluation resumes where it stopped without duplicating a record.
+"""
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .generation.hf import HFGenerator
+from .verify import extract_answer, grade
+
+
+@dataclass
+class EvalResult:
+    """Aggregates of one evaluation; `records` holds one dict per example (the JSONL lines)."""
+
+    greedy_accuracy: float
+    avg_at_k: float | None
+    k: int
+    n: int
+    extraction: str
+    records: list[dict] = field(repr=False, default_factory=list)
+
+    def summary(self) -> dict:
+        return {"n": self.n, "greedy_pass@1": self.greedy_accuracy, f"avg@{self.k}": self.avg_at_k,
+                "extraction": self.extraction}
+
+
+def as_messages(prompt: str | list[dict]) -> list[dict]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Iterable[str | list[dict]]) -> list[list[int]]:
+    """Chat-templated prompt ids, generation prompt included."""
+    texts = [tokenizer.apply_chat_template(as_messages(p), tokenize=False, add_generation_prompt=True)
+             for p in prompts]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def sample_completions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str | list[dict]],
+    temperature: float = 0.0,
+    max_new_tokens: int = 256,
+) -> list[str]:
+    """One completion per prompt (greedy when `temperature == 0`)."""
+    samples = HFGenerator(model, tokenizer).generate(
+        encode_prompts(tokenizer, prompts), n=1, max_new_tokens=max_new_tokens, temperature=temperature
+    )
+    return [s[0].text for s in samples]
+
+
+def _check_columns(rows: list[dict]) -> None:
+    if not rows:
+        raise ValueError("the evaluation dataset is empty.")
+    missing = {"prompt", "answer"} - set(rows[0])
+    if missing:
+        raise ValueError(f"the evaluation dataset needs columns 'prompt' and 'answer'; missing {sorted(missing)}.")
+    if any(not r["prompt"] for r in rows):
+        raise ValueError("the evaluation dataset has an empty prompt.")
+
+
+def _read_done(path: Path | None) -> dict[str, dict]:
+    if path is None or not path.exists():
+        return {}
+    done = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            done[str(record["id"])] = record
+    return done
+
+
+def _append(path: Path | None, records: list[dict]) -> None:
+    if path is None:
+        return
+    with path.open("a") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset,
+    k: int = 0,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 128,
+    extraction: str = "auto",
+    output_jsonl: str | Path | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Greedy pass@1 and, when `k > 0`, avg@k: the mean accuracy of `k` samples at `temperature`/`top_p`.
+
+    Args:
+        dataset: a `datasets.Dataset` or a list of dicts with `prompt`, `answer` and optionally `id` (row index
+            otherwise).
+        output_jsonl: per-example records are appended here; existing records (same `id`) are reused, not redone.
+    """
+    rows = [dict(r) for r in dataset]
+    _check_columns(rows)
+    for i, row in enumerate(rows):
+        row.setdefault("id", i)
+    path = Path(output_jsonl) if output_jsonl else None
+    done = _read_done(path)
+    todo = [r for r in rows if str(r["id"]) not in done]
+    generator = HFGenerator(model, tokenizer, batch_size=batch_size * max(k, 1))
+    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="eval", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        records = _evaluate_batch(generator, tokenizer, batch, k, temperature, top_p, max_new_tokens, extraction)
+        _append(path, records)
+        done.update({str(r["id"]): r for r in records})
+        bar.update(len(batch))
+    bar.close()
+    records = [done[str(r["id"])] for r in rows]
+    greedy = sum(r["greedy_correct"] for r in records) / len(records)
+    avg_k = sum(sum(r["sample_correct"]) / k for r in records) / len(records) if k else None
+    return EvalResult(greedy, avg_k, k, len(records), extraction, records)
+
+
+def _evaluate_batch(generator, tokenizer, batch, k, temperature, top_p, max_new_tokens, extraction) -> list[dict]:
+    prompt_ids = encode_prompts(tokenizer, [r["prompt"] for r in batch])
+    greedy = generator.generate(prompt_ids, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
+    sampled = (generator.generate(prompt_ids, n=k, max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_p=top_p) if k else [[] for _ in batch])
+    records = []
+    for row, (g,), samples in zip(batch, greedy, sampled):
+        gold = str(row["answer"])
+        records.append({
+            "id": row["id"],
+            "answer": gold,
+            "greedy": g.text,
+            "greedy_correct": grade(extract_answer(g.text, extraction), gold),
+            "samples": [s.text for s in samples],
+            "sample_correct": [grade(extract_answer(s.text, extraction), gold) for s in samples],
+        })
+    return records

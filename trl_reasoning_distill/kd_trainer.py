@@ -1,0 +1,195 @@
+"""`KDTrainer`: TRL's `GKDTrainer` with the fixes and extensions every method here builds on.
+
+- Loss normalised by the loss tokens of the whole global batch *after* generation: on-policy / `seq_kd` samples are
+  drawn for every accumulation micro-batch in `get_batch_samples`, then counted (GKD counts the dataset labels that
+  the samples replace, and under DDP its loss is 1/N too small).
+- `temperature` applies to the loss as well as to sampling; any divergence of `divergence.py` (`divergence`).
+- Vocabulary alignment: student and teacher embeddings padded past the tokenizer (Qwen2.5: 152064 vs 151936 rows)
+  are compared on the tokenizer's rows only, and padded rows are never sampled; a real mismatch is a `ValueError`.
+- `teacher_model_init_kwargs` without `dtype` works (GKD raises `KeyError`); no `copy.deepcopy` of patched models.
+- Prompt/completion and prompt-only datasets are accepted besides GKD's `messages`.
+- One override point for the loss, `weighted_loss_sum`, so methods weight or mask the same primitive.
+"""
+
+import contextlib
+import random
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ._trl import GKDTrainer, SFTTrainer, unwrap_model_for_generation
+from .divergence import per_token_divergence
+from .kd_config import KDConfig
+
+
+def to_messages_dataset(dataset: Dataset | None, prompt_only_ok: bool) -> Dataset | None:
+    """GKD's `messages` format from `messages`, `prompt`+`completion` or (when sampling supplies the target)
+    `prompt`-only rows; prompts and completions may be strings or chat messages."""
+    if dataset is None or "messages" in dataset.column_names:
+        return dataset
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"the dataset needs a 'messages' or a 'prompt' column; it has {dataset.column_names}.")
+    has_completion = "completion" in dataset.column_names
+    if not has_completion and not prompt_only_ok:
+        raise ValueError("a prompt-only dataset needs on-policy or teacher sampling: set lmbda=1.0 or seq_kd=True.")
+
+    def convert(row):
+        prompt = [{"role": "user", "content": row["prompt"]}] if isinstance(row["prompt"], str) else row["prompt"]
+        completion = row["completion"] if has_completion else ""
+        if isinstance(completion, str):
+            completion = [{"role": "assistant", "content": completion}]
+        return {"messages": list(prompt) + list(completion)}
+
+    drop = [c for c in ("prompt", "completion") if c in dataset.column_names]  # GKD takes `prompt` as rendered text
+    return dataset.map(convert, remove_columns=drop)
+
+
+def text_vocab_size(model: PreTrainedModel) -> int:
+    return model.config.get_text_config().vocab_size
+
+
+@contextlib.contextmanager
+def reported_vocab_size(model: PreTrainedModel, size: int):
+    """Let `model` report `size` embedding rows while GKD's constructor checks student == teacher rows; the rows
+    we compare are aligned by `KDTrainer` instead."""
+    config = model.config.get_text_config()
+    original = config.vocab_size
+    config.vocab_size = size
+    try:
+        yield
+    finally:
+        config.vocab_size = original
+
+
+class KDTrainer(GKDTrainer):
+    """[`GKDTrainer`] with global-batch loss normalisation, any divergence, vocabulary alignment and flexible data.
+
+    Subclasses change the loss through `token_weights` (per-token weights of the shared divergence) or
+    `weighted_loss_sum` (the whole summed loss of a micro-batch); they log through `self.log_metric`.
+    """
+
+    _tag_names = ["trl", "gkd", "trl-reasoning-distill"]
+    _name = "KD"
+    metric_prefix = "kd"
+    loss_is_scaled_for_ga = True  # compute_loss divides by the global-batch token count itself
+
+    def __init__(
+        self,
+        model: PreTrainedModel | str | None = None,
+        teacher_model: PreTrainedModel | str | None = None,
+        args: KDConfig | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        **kwargs,
+    ):
+        if args is None or processing_class is None:
+            raise ValueError("KDTrainer needs `args` (a KDConfig) and `processing_class` (the student's tokenizer).")
+        if teacher_model is None:
+            teacher_model = args.teacher_model_name_or_path
+        if teacher_model is None:
+            raise ValueError("KDTrainer needs a teacher: pass `teacher_model` or set `teacher_model_name_or_path`.")
+        self.vocab_size = args.vocab_size or len(processing_class)
+        if isinstance(model, str):  # SFTTrainer loads it with these kwargs
+            args.model_init_kwargs = {"attn_implementation": args.attn_implementation,
+                                      **(args.model_init_kwargs or {})}
+        if isinstance(teacher_model, str):
+            teacher_model = self._load_teacher(teacher_model, args, processing_class)
+        prompt_only_ok = args.lmbda == 1.0 or args.seq_kd
+        train_dataset = to_messages_dataset(train_dataset, prompt_only_ok)
+        eval_dataset = to_messages_dataset(eval_dataset, prompt_only_ok=True)
+        self._check_rows("teacher", text_vocab_size(teacher_model))
+        student_rows = None if isinstance(model, str) else text_vocab_size(model)
+        with reported_vocab_size(teacher_model, student_rows or text_vocab_size(teacher_model)):
+            super().__init__(model, teacher_model, args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                             processing_class=processing_class, **kwargs)
+        self._check_rows("student", text_vocab_size(self.model))
+        self._student_generation_config = self._generation_config_without_padding(self.model)
+        self._teacher_generation_config = self._generation_config_without_padding(self.teacher_model)
+
+    def _check_rows(self, who: str, rows: int) -> None:
+        if rows < self.vocab_size:
+            raise ValueError(f"the {who} has {rows} vocabulary rows but the tokenizer has {self.vocab_size} tokens: "
+                             "the models and the tokenizer do not match.")
+
+    @staticmethod
+    def _load_teacher(path: str, args: KDConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+        """Load the teacher with `dtype="auto"` unless told otherwise; refuse a teacher with another tokenizer."""
+        teacher_vocab = None
+        with contextlib.suppress(OSError, ValueError):  # a checkpoint without tokenizer files cannot be compared
+            teacher_vocab = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code).get_vocab()
+        if teacher_vocab is not None and teacher_vocab != tokenizer.get_vocab():
+            raise ValueError(f"the teacher's tokenizer ({path}, {len(teacher_vocab)} tokens) differs from the "
+                             f"student's ({len(tokenizer)} tokens); KDTrainer needs a shared tokenizer.")
+        kwargs = {"dtype": "auto", "attn_implementation": args.attn_implementation,
+                  "trust_remote_code": args.trust_remote_code, **(args.teacher_model_init_kwargs or {})}
+        args.teacher_model_init_kwargs = None  # loaded here; GKD refuses init kwargs for a loaded teacher
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+    def _generation_config_without_padding(self, model: PreTrainedModel):
+        """GKD's sampling config, never emitting `model`'s embedding rows past the tokenizer."""
+        config = self.generation_config.__class__(**self.generation_config.to_dict())
+        rows = text_vocab_size(model)
+        config.suppress_tokens = list(range(self.vocab_size, rows)) or None
+        return config
+
+    # --- generation for the whole accumulated batch, then one token count -------------------------------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        batches = [self._sample_completions(self._prepare_inputs(batch)) for batch in batches]
+        return batches, self._count_loss_tokens(batches, device)
+
+    def _sample_completions(self, inputs: dict) -> dict:
+        """GKD's draw: with probability `lmbda` the student's samples replace the targets, else (if `seq_kd`) the
+        teacher's. The same `random` stream as GKD, so every rank draws alike."""
+        on_policy = random.random() <= self.lmbda
+        if not on_policy and not self.seq_kd:
+            self.log_metric("on_policy", 0.0)
+            return inputs
+        source = self.model_wrapped if on_policy else self.teacher_model
+        config = self._student_generation_config if on_policy else self._teacher_generation_config
+        with unwrap_model_for_generation(source, self.accelerator, generation_kwargs=self.generation_kwargs) as model:
+            ids, mask, labels = self.generate_on_policy_outputs(model, inputs, config)
+        self.log_metric("on_policy", float(on_policy))
+        self.log_metric("completion_length", (labels[:, 1:] != -100).sum(1).float().mean().item())
+        return {**inputs, "input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def _count_loss_tokens(self, batches: list[dict], device) -> torch.Tensor:
+        count = sum((batch["labels"][:, 1:] != -100).sum() for batch in batches).to(device)
+        return self.accelerator.gather(count).sum() if self.accelerator.num_processes > 1 else count
+
+    # Generation already happened in get_batch_samples: skip GKD's per-micro-batch draw.
+    training_step = SFTTrainer.training_step
+
+    # --- loss ------------------------------------------------------------------------------------------------------
+
+    def token_weights(self, inputs: dict, mask_BT: torch.Tensor) -> torch.Tensor:
+        """Per-token loss weights `(B, T-1)` aligned with the shifted labels; 1 on loss tokens by default."""
+        return mask_BT.float()
+
+    def weighted_loss_sum(self, model, inputs: dict, weights_BT: torch.Tensor) -> torch.Tensor:
+        """`sum_t w_t · D(p_teacher,t || q_student,t)` over this micro-batch, on the tokenizer's vocabulary rows."""
+        model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+        student_logits_BTV = model(**model_inputs).logits[:, :-1, : self.vocab_size]
+        self.teacher_model.eval()
+        with torch.no_grad():
+            teacher_logits_BTV = self.teacher_model(**model_inputs).logits[:, :-1, : self.vocab_size]
+        values_BT = per_token_divergence(self.args.divergence, student_logits_BTV, teacher_logits_BTV,
+                                         beta=self.beta, alpha=self.args.skew_alpha, temperature=self.temperature)
+        return (values_BT * weights_BT).sum()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mask_BT = inputs["labels"][:, 1:] != -100
+        loss_sum = self.weighted_loss_sum(model, inputs, self.token_weights(inputs, mask_BT))
+        if num_items_in_batch is None:  # evaluation or a direct call: mean over this micro-batch's loss tokens
+            loss = loss_sum / mask_BT.sum().clamp_min(1)
+        else:  # DDP averages gradients over processes, so each returns its share times num_processes
+            loss = loss_sum * self.accelerator.num_processes / torch.as_tensor(num_items_in_batch).clamp_min(1)
+        return (loss, {}) if return_outputs else loss
+
+    def log_metric(self, name: str, value: float) -> None:
+        """Record `value` under `<metric_prefix>/<name>`; TRL averages each list at the next log step."""
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode][f"{self.metric_prefix}/{name}"].append(value)
