@@ -18,7 +18,7 @@ from trl_reasoning_distill.cli import load_dataset_spec
 
 def main():
     parser = TrlParser((ScriptArguments, KDConfig))
-    parser.set_defaults(**TOY_TRAINING_DEFAULTS, output_dir="runs/gkd", lmbda=1.0, beta=0.5, temperature=1.0,
+    parser.set_defaults(**{**TOY_TRAINING_DEFAULTS, "output_dir": "runs/gkd"}, lmbda=1.0, beta=0.5, temperature=1.0,
                         max_new_tokens=128)
     script_args, config = parser.parse_args_and_config()
     student, teacher, tokenizer = load_models(script_args)

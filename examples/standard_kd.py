@@ -24,7 +24,7 @@ class SamplingArguments:
 
 def main():
     parser = TrlParser((ScriptArguments, SamplingArguments, SFTConfig))
-    parser.set_defaults(**TOY_TRAINING_DEFAULTS, output_dir="runs/standard_kd", completion_only_loss=True)
+    parser.set_defaults(**{**TOY_TRAINING_DEFAULTS, "output_dir": "runs/standard_kd"}, completion_only_loss=True)
     script_args, sampling, config = parser.parse_args_and_config()
     student, teacher, tokenizer = load_models(script_args)
     accuracy(student, tokenizer, script_args, "student before")

@@ -1,5 +1,6 @@
 """KDTrainer: normalisation under accumulation and DDP, vocabulary alignment, data formats, configs."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -140,10 +141,10 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     """Same global batch (8 rows, uneven token counts), same loss and same SGD-updated weights (1e-5)."""
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     single.mkdir(), ddp.mkdir()
-    env_cmd = [sys.executable, str(SCRIPT)]
-    subprocess.run([*env_cmd, str(single), "4", "2"], check=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1]), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(SCRIPT), str(single), "4", "2"], check=True, timeout=300, env=env)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                    str(SCRIPT), str(ddp), "2", "2"], check=True, timeout=300)
+                    str(SCRIPT), str(ddp), "2", "2"], check=True, timeout=300, env=env)
     one, two = torch.load(single / "result.pt"), torch.load(ddp / "result.pt")
     assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
     for name, weight in one["weights"].items():

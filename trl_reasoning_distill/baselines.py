@@ -10,7 +10,7 @@
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .evaluation import encode_prompts
+from .evaluation import check_prompt_answer_rows, encode_prompts
 from .generation import Generator, HFGenerator
 from .verify import extract_answer, grade
 
@@ -36,6 +36,7 @@ def rejection_sample(
     if keep_per_prompt < 1 or keep_per_prompt > n:
         raise ValueError(f"keep_per_prompt must be in [1, n={n}], got {keep_per_prompt}.")
     rows = [dict(r) for r in dataset]
+    check_prompt_answer_rows(rows, "the rejection-sampling dataset")
     generator = model if isinstance(model, Generator) else HFGenerator(model, tokenizer)
     samples = generator.generate(encode_prompts(tokenizer, [r["prompt"] for r in rows]), n=n,
                                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
@@ -47,4 +48,6 @@ def rejection_sample(
         for sample in correct[:keep_per_prompt]:
             kept.append({**row, "completion": [{"role": "assistant", "content": sample.text}],
                          "tokens_generated": cost})
-    return Dataset.from_list(kept) if kept else Dataset.from_dict({"prompt": [], "completion": [], "answer": []})
+    if kept:
+        return Dataset.from_list(kept)
+    return Dataset.from_dict({name: [] for name in [*rows[0], "completion", "tokens_generated"]})

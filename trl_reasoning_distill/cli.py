@@ -22,6 +22,8 @@ def load_dataset_spec(spec: str):
         if len(parts) not in (3, 4):
             raise ValueError(f"toy dataset spec is toy:<split>:<n>[:<min_ops>-<max_ops>], got {spec!r}.")
         ops = tuple(int(x) for x in parts[3].split("-")) if len(parts) == 4 else (2, 4)
+        if len(ops) not in (1, 2):
+            raise ValueError(f"operand range is <min>-<max> or <n>, got {parts[3]!r} in {spec!r}.")
         return toy_dataset(parts[1], int(parts[2]), seed=0, min_ops=ops[0], max_ops=ops[-1])
     from datasets import load_dataset
 

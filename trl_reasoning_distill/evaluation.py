@@ -6,8 +6,6 @@ and graded with `verify.grade`. Per-example records are appended to a JSONL file
 fsynced, keyed by `id`), so an interrupted evaluation resumes where it stopped without duplicating a record.
 """
 
-import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +14,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .generation.hf import HFGenerator
+from .jsonl import append_records, read_records
 from .verify import extract_answer, grade
 
 
@@ -31,8 +30,8 @@ class EvalResult:
     records: list[dict] = field(repr=False, default_factory=list)
 
     def summary(self) -> dict:
-        return {"n": self.n, "greedy_pass@1": self.greedy_accuracy, f"avg@{self.k}": self.avg_at_k,
-                "extraction": self.extraction}
+        sampled = {f"avg@{self.k}": self.avg_at_k} if self.k else {}
+        return {"n": self.n, "greedy_pass@1": self.greedy_accuracy, **sampled, "extraction": self.extraction}
 
 
 def as_messages(prompt: str | list[dict]) -> list[dict]:
@@ -60,35 +59,18 @@ def sample_completions(
     return [s[0].text for s in samples]
 
 
-def _check_columns(rows: list[dict]) -> None:
+def check_prompt_answer_rows(rows: list[dict], what: str = "the dataset") -> None:
+    """Raise `ValueError` naming the problem unless every row has a non-empty `prompt` and an `answer`."""
     if not rows:
-        raise ValueError("the evaluation dataset is empty.")
-    missing = {"prompt", "answer"} - set(rows[0])
-    if missing:
-        raise ValueError(f"the evaluation dataset needs columns 'prompt' and 'answer'; missing {sorted(missing)}.")
-    if any(not r["prompt"] for r in rows):
-        raise ValueError("the evaluation dataset has an empty prompt.")
-
-
-def _read_done(path: Path | None) -> dict[str, dict]:
-    if path is None or not path.exists():
-        return {}
-    done = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            done[str(record["id"])] = record
-    return done
-
-
-def _append(path: Path | None, records: list[dict]) -> None:
-    if path is None:
-        return
-    with path.open("a") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+        raise ValueError(f"{what} is empty.")
+    for i, row in enumerate(rows):
+        missing = {"prompt", "answer"} - set(row)
+        if missing:
+            raise ValueError(f"{what} needs columns 'prompt' and 'answer'; row {i} lacks {sorted(missing)}.")
+        prompt = row["prompt"]
+        text = prompt if isinstance(prompt, str) else "".join(str(m.get("content", "")) for m in prompt)
+        if not text.strip():
+            raise ValueError(f"{what} has an empty prompt (row {i}).")
 
 
 def evaluate(
@@ -112,18 +94,17 @@ def evaluate(
         output_jsonl: per-example records are appended here; existing records (same `id`) are reused, not redone.
     """
     rows = [dict(r) for r in dataset]
-    _check_columns(rows)
+    check_prompt_answer_rows(rows, "the evaluation dataset")
     for i, row in enumerate(rows):
         row.setdefault("id", i)
-    path = Path(output_jsonl) if output_jsonl else None
-    done = _read_done(path)
+    done = read_records(output_jsonl)
     todo = [r for r in rows if str(r["id"]) not in done]
     generator = HFGenerator(model, tokenizer, batch_size=batch_size * max(k, 1))
     bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="eval", disable=not progress)
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         records = _evaluate_batch(generator, tokenizer, batch, k, temperature, top_p, max_new_tokens, extraction)
-        _append(path, records)
+        append_records(output_jsonl, records)
         done.update({str(r["id"]): r for r in records})
         bar.update(len(batch))
     bar.close()

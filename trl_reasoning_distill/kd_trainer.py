@@ -108,6 +108,11 @@ class KDTrainer(GKDTrainer):
         self._student_generation_config = self._generation_config_without_padding(self.model)
         self._teacher_generation_config = self._generation_config_without_padding(self.teacher_model)
 
+    def get_eval_dataloader(self, eval_dataset=None):
+        if isinstance(eval_dataset, Dataset):  # `evaluate(dataset)` accepts the same formats as training
+            eval_dataset = to_messages_dataset(eval_dataset, prompt_only_ok=True)
+        return super().get_eval_dataloader(eval_dataset)
+
     def _check_rows(self, who: str, rows: int) -> None:
         if rows < self.vocab_size:
             raise ValueError(f"the {who} has {rows} vocabulary rows but the tokenizer has {self.vocab_size} tokens: "

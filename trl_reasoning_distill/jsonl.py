@@ -1,0 +1,37 @@
+"""Append-only JSONL records keyed by `id`: what long jobs write so that a crash loses no finished work.
+
+Each record is flushed and fsynced as it is written. On reading, a last line cut short by a crash is dropped and cut
+from the file, so the job redoes exactly that record and appends cleanly after it.
+"""
+
+import json
+import os
+from pathlib import Path
+
+
+def read_records(path: str | Path | None) -> dict[str, dict]:
+    """Complete records of `path` by `str(id)` (a later record with the same id wins); {} if there is no file."""
+    if path is None or not Path(path).exists():
+        return {}
+    data = Path(path).read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):  # a crash mid-write: drop the fragment so the next append starts on a fresh line
+        with open(path, "r+b") as f:
+            f.truncate(len(complete))
+    records = {}
+    for line in complete.decode().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            records[str(record["id"])] = record
+    return records
+
+
+def append_records(path: str | Path | None, records: list[dict]) -> None:
+    """Append `records` (each with an `id`), one JSON line each, flushed and fsynced."""
+    if path is None or not records:
+        return
+    with open(path, "a") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
