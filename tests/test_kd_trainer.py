@@ -149,3 +149,28 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
     for name, weight in one["weights"].items():
         torch.testing.assert_close(weight, two["weights"][name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("divergence", ["generalized_jsd", "forward_kl", "reverse_kl", "skew_kl", "skew_reverse_kl",
+                                        "tvd"])
+def test_chunked_loss_equals_full_logits(tmp_path, tiny_student, tiny_teacher, tokenizer, divergence):
+    """Same loss and same gradients from the chunked path (odd chunk size) and GKD's full-logit path."""
+    results = []
+    for chunk in (0, 7):
+        trainer = make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, lmbda=0.0, loss_chunk_size=chunk,
+                               divergence=divergence, temperature=1.5)
+        batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+        tiny_student.zero_grad()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in tiny_student.named_parameters()}))
+    (full, full_grads), (chunked, chunked_grads) = results
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-6)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_is_the_default_and_validated(tmp_path):
+    assert KDConfig(output_dir=str(tmp_path)).loss_chunk_size == -1
+    with pytest.raises(ValueError, match="loss_chunk_size"):
+        KDConfig(output_dir=str(tmp_path), loss_chunk_size=-2)

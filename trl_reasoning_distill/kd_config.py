@@ -31,6 +31,10 @@ class KDConfig(GKDConfig):
         vocab_size (`int`, *optional*):
             Number of vocabulary rows compared between student and teacher. Defaults to the tokenizer's length, so
             padded embedding rows (Qwen2.5: 152064 vs 151936) are dropped.
+        loss_chunk_size (`int`, *optional*, defaults to `-1`):
+            Tokens per chunk of the memory-lean loss (`chunked.py`): the logits of both models are formed this many
+            tokens at a time from the last hidden states and never held whole. `-1` picks the size that keeps each
+            `[chunk, vocab]` buffer at 256 MiB; `0` computes full logits (GKD's way).
         attn_implementation (`str`, *optional*):
             Attention kernel for models loaded from a path: `flash_attention_2` when flash-attn and a GPU exist, else
             `sdpa`.
@@ -42,6 +46,9 @@ class KDConfig(GKDConfig):
     skew_alpha: float = field(default=0.1, metadata={"help": "alpha of skew (reverse) KL; DistiLLM-2's default."})
     vocab_size: int | None = field(
         default=None, metadata={"help": "Vocabulary rows compared (default: the tokenizer's length)."}
+    )
+    loss_chunk_size: int = field(
+        default=-1, metadata={"help": "Tokens per loss chunk: -1 auto (256 MiB buffers), 0 full logits (GKD's way)."}
     )
     attn_implementation: str | None = field(
         default=None, metadata={"help": "Attention kernel for models loaded by name (default: flash-attn or sdpa)."}
@@ -57,6 +64,8 @@ class KDConfig(GKDConfig):
             raise ValueError(f"skew_alpha must be in [0, 1], got {self.skew_alpha}.")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if self.loss_chunk_size < -1:
+            raise ValueError(f"loss_chunk_size must be -1 (auto), 0 (full logits) or > 0, got {self.loss_chunk_size}.")
         if self.vocab_size is not None and self.vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}.")
         self.attn_implementation = self.attn_implementation or default_attn_implementation()

@@ -8,7 +8,9 @@
   are compared on the tokenizer's rows only, and padded rows are never sampled; a real mismatch is a `ValueError`.
 - `teacher_model_init_kwargs` without `dtype` works (GKD raises `KeyError`); no `copy.deepcopy` of patched models.
 - Prompt/completion and prompt-only datasets are accepted besides GKD's `messages`.
-- One override point for the loss, `weighted_loss_sum`, so methods weight or mask the same primitive.
+- The loss is `chunked.py`'s memory-lean divergence from the last hidden states (`loss_chunk_size`), never both
+  models' full `[tokens, vocab]` logits; `weighted_loss_sum` is the one override point, so methods weight or mask
+  the same primitive.
 """
 
 import contextlib
@@ -19,6 +21,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ._trl import GKDTrainer, SFTTrainer, unwrap_model_for_generation
+from .chunked import chunked_distill_loss
 from .divergence import per_token_divergence
 from .kd_config import KDConfig
 
@@ -43,6 +46,12 @@ def to_messages_dataset(dataset: Dataset | None, prompt_only_ok: bool) -> Datase
 
     drop = [c for c in ("prompt", "completion") if c in dataset.column_names]  # GKD takes `prompt` as rendered text
     return dataset.map(convert, remove_columns=drop)
+
+
+def last_hidden_state(model, model_inputs: dict) -> torch.Tensor:
+    """Final (normed) hidden states `(B, T-1, H)` of the positions that predict tokens 1..T-1. Called through the
+    wrapper, so DDP/FSDP hooks fire, with a single logit computed instead of `(B, T, V)`."""
+    return model(**model_inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1][:, :-1]
 
 
 def text_vocab_size(model: PreTrainedModel) -> int:
@@ -175,15 +184,37 @@ class KDTrainer(GKDTrainer):
         return mask_BT.float()
 
     def weighted_loss_sum(self, model, inputs: dict, weights_BT: torch.Tensor) -> torch.Tensor:
-        """`sum_t w_t · D(p_teacher,t || q_student,t)` over this micro-batch, on the tokenizer's vocabulary rows."""
+        """`sum_t w_t · D(p_teacher,t || q_student,t)` over this micro-batch, on the tokenizer's vocabulary rows:
+        chunked from the last hidden states by default, from full logits when `loss_chunk_size == 0`."""
         model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-        student_logits_BTV = model(**model_inputs).logits[:, :-1, : self.vocab_size]
         self.teacher_model.eval()
+        if self.args.loss_chunk_size == 0:
+            return self._full_logits_loss_sum(model, model_inputs, weights_BT)
+        student_BTH = last_hidden_state(model, model_inputs)
+        with torch.no_grad():
+            teacher_BTH = last_hidden_state(self.teacher_model, model_inputs)
+        return chunked_distill_loss(
+            student_BTH.flatten(0, 1), self.output_weight(model), teacher_BTH.flatten(0, 1),
+            self.output_weight(self.teacher_model), weights_BT.flatten(), divergence=self.args.divergence,
+            beta=self.beta, alpha=self.args.skew_alpha, temperature=self.temperature,
+            chunk_size=self.args.loss_chunk_size if self.args.loss_chunk_size > 0 else None,
+            vocab_size=self.vocab_size,
+        )
+
+    def _full_logits_loss_sum(self, model, model_inputs: dict, weights_BT: torch.Tensor) -> torch.Tensor:
+        student_logits_BTV = model(**model_inputs).logits[:, :-1, : self.vocab_size]
         with torch.no_grad():
             teacher_logits_BTV = self.teacher_model(**model_inputs).logits[:, :-1, : self.vocab_size]
         values_BT = per_token_divergence(self.args.divergence, student_logits_BTV, teacher_logits_BTV,
                                          beta=self.beta, alpha=self.args.skew_alpha, temperature=self.temperature)
         return (values_BT * weights_BT).sum()
+
+    def output_weight(self, model) -> torch.Tensor:
+        """The `[V, H]` output projection of `model` (unwrapped from DDP/FSDP/PEFT); biases are not supported."""
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        if head.bias is not None:
+            raise ValueError("the chunked loss needs an lm_head without bias; set loss_chunk_size=0.")
+        return head.weight
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mask_BT = inputs["labels"][:, 1:] != -100

@@ -1,0 +1,685 @@
+"""Memory-lean distillation loss from hidden states and LM heads, chunked over tokens, in pure PyTorch (no Triton).
+
+The logits of both models are formed `C = chunk_size` tokens at a time (`hidden[chunk] @ lm_head[:vocab_size].T`,
+accumulated in float32), turned into per-token divergences and their gradient, and dropped: neither model's `[N, V]`
+logits ever exist. Memory on top of the inputs, for `R` computed tokens, vocabulary `V` and student hidden size `H`:
+
+    4 · C · V (2 · C · V for a top-k teacher) float32 buffers  +  grad of the student lm_head (V · H)  +  O(R · H)
+
+(the fused backward briefly holds a second V · H, when the buffers are already freed). The default `C` makes one
+buffer 256 MiB (C = 441 for V = 152K, C = 2048 for V = 32K): 1 GiB of buffers, whatever N. Masked rows and rows whose
+weights are all zero are dropped before any matmul, so they cost nothing. The teacher never receives a gradient.
+
+Two reductions share one chunk loop:
+    - `reduction="sum"` (fused; what trainers use): `sum_i w_i d_i + sum_i e_i H_i`. The gradient w.r.t. the student
+      hidden states and lm_head is computed during the forward pass, as Liger-Kernel does, and the backward only
+      scales it: four `[C, H] x [H, V]`-sized matmuls per chunk.
+    - `reduction="none"`: per-token `w_i d_i` (and the entropy `H_i`), differentiable. The forward keeps nothing of
+      size `V`; the backward recomputes each chunk with the incoming per-token gradients: six matmuls per chunk.
+
+The gradient w.r.t. the student logits is written in closed form, `a - q · sum(a)` with `a = d f / d log q` given per
+divergence in `_TERMS`; the tests check it against autograd of `divergence.py`, which defines every divergence.
+"""
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .divergence import DIVERGENCES, per_token_divergence
+
+_BUFFER_ELEMENTS = 2**26  # elements of one [C, V] buffer: 256 MiB in float32
+_REDUCTIONS = ("sum", "none")
+_TEACHER_TAILS = ("renormalize", "bucket")
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """The non-tensor settings of one call."""
+
+    divergence: str
+    beta: float
+    alpha: float
+    temperature: float
+    vocab_size: int
+    chunk_size: int
+    dtype: torch.dtype
+    with_entropy: bool
+
+
+class _Workspace:
+    """`[C, V]` buffers of the compute dtype, allocated on first use and reused by every chunk of one pass."""
+
+    def __init__(self, rows: int, cols: int, dtype: torch.dtype, device: torch.device):
+        self.shape, self.dtype, self.device = (rows, cols), dtype, device
+        self.buffers: list[torch.Tensor] = []
+
+    def take(self, index: int, rows: int) -> torch.Tensor:
+        while len(self.buffers) <= index:
+            self.buffers.append(torch.empty(self.shape, dtype=self.dtype, device=self.device))
+        return self.buffers[index][:rows]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-chunk maths on [C, V] buffers, in place. `q` is the student distribution, `p` the teacher's (both tempered).
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _log_softmax_(logits_CV: torch.Tensor, probs_CV: torch.Tensor) -> None:
+    """In place: `logits_CV` becomes `log softmax(logits_CV)`, and `probs_CV` receives `softmax(logits_CV)`."""
+    logits_CV.sub_(logits_CV.amax(dim=-1, keepdim=True))
+    torch.exp(logits_CV, out=probs_CV)
+    total_C1 = probs_CV.sum(dim=-1, keepdim=True)
+    logits_CV.sub_(total_C1.log())
+    probs_CV.div_(total_C1)
+
+
+def _rowdot(x_CV: torch.Tensor, y_CV: torch.Tensor) -> torch.Tensor:
+    """`sum_v x[c, v] · y[c, v]`, shape `(C,)`, without a `[C, V]` temporary."""
+    return torch.bmm(x_CV.unsqueeze(1), y_CV.unsqueeze(2)).view(-1)
+
+
+def _log_mixture_(p_CV: torch.Tensor, q_CV: torch.Tensor, weight: float) -> torch.Tensor:
+    """In place: `p_CV` becomes `log(weight · p + (1 - weight) · q)` (`0 < weight`), floored at the smallest normal
+    number. The floor only bites where both `p` and `q` are below it, where every term using the mixture is < 1e-36."""
+    p_CV.mul_(weight).add_(q_CV, alpha=1.0 - weight)
+    return p_CV.clamp_min_(torch.finfo(p_CV.dtype).tiny).log_()
+
+
+# Each `_*_terms(logq, q, logp, p, spec)` returns `(value_C, a_CV, a_scale, a_sum_C)`: the per-token divergence and
+# `a = a_scale · a_CV = d divergence / d log q` (with `a_sum_C = sum_v a`), from which the gradient w.r.t. the logits
+# is `a - q · sum_v a`. They may overwrite every buffer but `q`, and never return `a_CV` in the buffer of `logp`, which
+# the entropy's gradient then uses as scratch.
+
+
+def _forward_kl_terms(logq_CV, q_CV, logp_CV, p_CV, spec):
+    value_C = _rowdot(p_CV, logp_CV.sub_(logq_CV))  # sum p (log p - log q)
+    return value_C, p_CV, -1.0, -p_CV.sum(dim=-1)  # a = -p
+
+
+def _reverse_kl_terms(logq_CV, q_CV, logp_CV, p_CV, spec):
+    a_CV = logq_CV.sub_(logp_CV).mul_(q_CV)  # q (log q - log p)
+    a_sum_C = a_CV.sum(dim=-1)
+    return a_sum_C, a_CV, 1.0, a_sum_C
+
+
+def _generalized_jsd_terms(logq_CV, q_CV, logp_CV, p_CV, spec):
+    beta = spec.beta
+    if beta == 0.0:
+        return _forward_kl_terms(logq_CV, q_CV, logp_CV, p_CV, spec)
+    if beta == 1.0:
+        return _reverse_kl_terms(logq_CV, q_CV, logp_CV, p_CV, spec)
+    logm_CV = _log_mixture_(p_CV, q_CV, beta)  # m = beta p + (1 - beta) q, in the buffer of p
+    a_CV = logq_CV.sub_(logm_CV).mul_(q_CV)  # d KL(q || m) / d log q, the p-term's share included
+    log_ratio_CV = logp_CV.sub_(logm_CV)  # log(p / m)
+    p_CV = logm_CV.add_(log_ratio_CV).exp_()  # p again, from log p = log(p / m) + log m
+    a_sum_C = (1.0 - beta) * a_CV.sum(dim=-1)
+    return beta * _rowdot(p_CV, log_ratio_CV) + a_sum_C, a_CV, 1.0 - beta, a_sum_C
+
+
+def _skew_kl_terms(logq_CV, q_CV, logp_CV, p_CV, spec):
+    alpha = spec.alpha
+    if alpha == 0.0:
+        return _forward_kl_terms(logq_CV, q_CV, logp_CV, p_CV, spec)
+    logr_CV = _log_mixture_(p_CV, q_CV, alpha)  # r = alpha p + (1 - alpha) q, in the buffer of p
+    log_ratio_CV = logp_CV.sub_(logr_CV)  # log(p / r)
+    ratio_CV = torch.exp(log_ratio_CV, out=logq_CV)  # log q is not needed: reuse its buffer
+    p_CV = logr_CV.add_(log_ratio_CV).exp_()
+    a_CV = ratio_CV.mul_(q_CV)  # a = -(1 - alpha) q p / r
+    return _rowdot(p_CV, log_ratio_CV), a_CV, -(1.0 - alpha), -(1.0 - alpha) * a_CV.sum(dim=-1)
+
+
+def _skew_reverse_kl_terms(logq_CV, q_CV, logp_CV, p_CV, spec):
+    alpha = spec.alpha
+    if alpha == 0.0:
+        return _reverse_kl_terms(logq_CV, q_CV, logp_CV, p_CV, spec)
+    logr_CV = _log_mixture_(p_CV, q_CV, 1.0 - alpha)  # r = (1 - alpha) p + alpha q, held constant
+    a_CV = logq_CV.sub_(logr_CV).mul_(q_CV)
+    a_sum_C = a_CV.sum(dim=-1)
+    return a_sum_C, a_CV, 1.0, a_sum_C
+
+
+def _tvd_terms(logq_CV, q_CV, logp_CV, p_CV, spec):
+    diff_CV = torch.sub(q_CV, p_CV, out=logq_CV)  # log q is not needed: reuse its buffer
+    sign_CV = torch.sign(diff_CV, out=p_CV)  # sign(0) = 0, as autograd's gradient of |x| at 0
+    value_C = 0.5 * _rowdot(sign_CV, diff_CV)
+    a_CV = sign_CV.mul_(q_CV)  # a = 0.5 q sign(q - p)
+    return value_C, a_CV, 0.5, 0.5 * a_CV.sum(dim=-1)
+
+
+_TERMS = {
+    "forward_kl": _forward_kl_terms,
+    "reverse_kl": _reverse_kl_terms,
+    "generalized_jsd": _generalized_jsd_terms,
+    "skew_kl": _skew_kl_terms,
+    "skew_reverse_kl": _skew_reverse_kl_terms,
+    "tvd": _tvd_terms,
+}
+
+
+def _dense_logit_grad_(a_CV, a_scale, a_sum_C, q_CV, coef_C, entropy_coef_C, entropy_C, scratch_CV):
+    """Gradient of `sum_c coef_c d_c + entropy_coef_c H_c` w.r.t. the tempered student logits, written into `a_CV`."""
+    grad_CV = a_CV.mul_((coef_C * a_scale).unsqueeze(1))
+    row_C = coef_C * a_sum_C
+    if entropy_coef_C is not None:  # d H / d log q = -q log q, summing to H
+        grad_CV.addcmul_(torch.special.xlogy(q_CV, q_CV, out=scratch_CV), entropy_coef_C.unsqueeze(1), value=-1.0)
+        row_C = row_C + entropy_coef_C * entropy_C
+    return grad_CV.addcmul_(q_CV, row_C.unsqueeze(1), value=-1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Projections and the chunk loop shared by both reductions and both kinds of teacher.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _low_precision_cuda(hidden_CH: torch.Tensor, head_VH: torch.Tensor) -> bool:
+    """True where `torch.mm(..., out_dtype=torch.float32)` multiplies half-precision inputs without upcasting them."""
+    half = (torch.bfloat16, torch.float16)
+    return hidden_CH.device.type == "cuda" and hidden_CH.dtype == head_VH.dtype and hidden_CH.dtype in half
+
+
+def _matmul_head(head_VH: torch.Tensor, hidden_NH: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The lm_head as the matmuls use it: upcast once to the compute dtype, except on the half-precision CUDA path."""
+    return head_VH if head_VH.dtype == dtype or _low_precision_cuda(hidden_NH, head_VH) else head_VH.to(dtype)
+
+
+def _project(out_CV: torch.Tensor, hidden_CH: torch.Tensor, head_VH: torch.Tensor, temperature: float) -> None:
+    """`out = hidden @ head.T / temperature` into the compute-dtype buffer `out_CV`."""
+    if _low_precision_cuda(hidden_CH, head_VH):
+        torch.mm(hidden_CH, head_VH.t(), out_dtype=out_CV.dtype, out=out_CV)
+        if temperature != 1.0:
+            out_CV.div_(temperature)
+        return
+    torch.mm(hidden_CH.to(out_CV.dtype) / temperature, head_VH.t(), out=out_CV)
+
+
+def _backproject(grad_CV, hidden_CH, head_VH, grad_hidden_CH, grad_head_VH) -> None:
+    """`grad_hidden = grad @ head` and `grad_head += grad.T @ hidden`, accumulated in the compute dtype."""
+    if _low_precision_cuda(hidden_CH, head_VH):
+        grad_CV = grad_CV.to(head_VH.dtype)
+        if grad_hidden_CH is not None:
+            torch.mm(grad_CV, head_VH, out_dtype=grad_hidden_CH.dtype, out=grad_hidden_CH)
+        if grad_head_VH is not None:
+            torch.addmm(grad_head_VH, grad_CV.t(), hidden_CH, out_dtype=grad_head_VH.dtype, out=grad_head_VH)
+        return
+    if grad_hidden_CH is not None:
+        torch.mm(grad_CV, head_VH, out=grad_hidden_CH)
+    if grad_head_VH is not None:
+        grad_head_VH.addmm_(grad_CV.t(), hidden_CH.to(grad_CV.dtype))
+
+
+def _chunk_loop(student_hidden_RH, student_head_VH, chunk_fn, coef_R, entropy_coef_R, spec, need_hidden, need_head):
+    """
+    Run `chunk_fn` over chunks of rows. `coef_R` / `entropy_coef_R` (already divided by the temperature) weight the
+    divergence and the entropy in the gradient, which is computed only for the inputs flagged by `need_*`.
+
+    Returns `(value_R, entropy_R or None, grad_hidden_RH or None, grad_head_VH or None)` in the compute dtype.
+    """
+    num_rows, dtype = student_hidden_RH.shape[0], spec.dtype
+    vocab_head_VH = _matmul_head(student_head_VH[: spec.vocab_size], student_hidden_RH, dtype)
+    value_R = student_hidden_RH.new_zeros(num_rows, dtype=dtype)
+    entropy_R = value_R.clone() if spec.with_entropy else None
+    grad_hidden_RH = torch.zeros_like(student_hidden_RH, dtype=dtype) if need_hidden else None
+    grad_head_VH = torch.zeros_like(student_head_VH, dtype=dtype) if need_head else None
+    workspace = _Workspace(min(spec.chunk_size, num_rows), spec.vocab_size, dtype, student_hidden_RH.device)
+    for start in range(0, num_rows, spec.chunk_size):
+        rows = slice(start, min(start + spec.chunk_size, num_rows))
+        hidden_CH = student_hidden_RH[rows]
+        logits_CV = workspace.take(0, hidden_CH.shape[0])
+        _project(logits_CV, hidden_CH, vocab_head_VH, spec.temperature)
+        entropy_coef_C = None if entropy_coef_R is None else entropy_coef_R[rows]
+        coef_C = None if coef_R is None else coef_R[rows]
+        value_R[rows], entropy_C, grad_CV = chunk_fn(rows, logits_CV, workspace, coef_C, entropy_coef_C)
+        if entropy_R is not None:
+            entropy_R[rows] = entropy_C
+        if grad_CV is not None:
+            grad_rows_CH = None if grad_hidden_RH is None else grad_hidden_RH[rows]
+            grad_vocab_VH = None if grad_head_VH is None else grad_head_VH[: spec.vocab_size]
+            _backproject(grad_CV, hidden_CH, vocab_head_VH, grad_rows_CH, grad_vocab_VH)
+    return value_R, entropy_R, grad_hidden_RH, grad_head_VH
+
+
+def _dense_chunk(teacher_hidden_RH, teacher_head_VH, spec, rows, logits_CV, workspace, coef_C, entropy_coef_C):
+    """One chunk against a teacher given by hidden states and lm_head. `coef_C is None`: values only, no gradient."""
+    num = logits_CV.shape[0]
+    teacher_CV, q_CV, p_CV = (workspace.take(index, num) for index in (1, 2, 3))
+    _project(teacher_CV, teacher_hidden_RH[rows], teacher_head_VH, spec.temperature)
+    _log_softmax_(logits_CV, q_CV)
+    _log_softmax_(teacher_CV, p_CV)
+    entropy_C = -_rowdot(q_CV, logits_CV) if spec.with_entropy else None
+    value_C, a_CV, a_scale, a_sum_C = _TERMS[spec.divergence](logits_CV, q_CV, teacher_CV, p_CV, spec)
+    if coef_C is None:
+        return value_C, entropy_C, None
+    grad_CV = _dense_logit_grad_(a_CV, a_scale, a_sum_C, q_CV, coef_C, entropy_coef_C, entropy_C, teacher_CV)
+    return value_C, entropy_C, grad_CV
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A teacher given as cached top-k log-probabilities: the divergence is taken between the K + 1 "buckets" (each top-k
+# token, then all other tokens together), on which `divergence.py` runs directly with autograd, since K is small.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _student_buckets(logq_CV: torch.Tensor, q_CV: torch.Tensor, ids_CK: torch.Tensor, floor: float):
+    """Student log-probabilities of the K top-k tokens and of the rest, `[C, K + 1]`, and the mass of the rest."""
+    tail_C = (1.0 - q_CV.gather(1, ids_CK).sum(dim=-1)).clamp_min(floor)
+    return torch.cat([logq_CV.gather(1, ids_CK), tail_C.log().unsqueeze(1)], dim=1), tail_C
+
+
+def _teacher_buckets(logprobs_CK: torch.Tensor, tail: str, temperature: float, floor: float) -> torch.Tensor:
+    """Teacher log-probabilities (up to normalisation) of the K + 1 buckets; `-inf` marks an empty bucket."""
+    if tail == "renormalize":
+        empty_C1 = torch.full_like(logprobs_CK[:, :1], -math.inf)
+        return torch.cat([logprobs_CK / temperature, empty_C1], dim=1)
+    tail_C = (1.0 - logprobs_CK.exp().sum(dim=-1)).clamp_min(floor)
+    return torch.cat([logprobs_CK, tail_C.log().unsqueeze(1)], dim=1)
+
+
+def _topk_logit_grad_(logq_CV, q_CV, ids_CK, gamma_CB, tail_C, entropy_coef_C, entropy_C):
+    """
+    Gradient w.r.t. the tempered student logits from `gamma_CB`, the gradient w.r.t. the bucket log-probabilities,
+    written into `logq_CV`. With `d log Q_b / d z_v = [v in b] q_v / Q_b - q_v`, token `v` of bucket `b` gets
+    `gamma_b q_v / Q_b - q_v sum(gamma)`: `gamma_v` for a top-k token, a share of `gamma_tail` for the others.
+    """
+    tail_rate_C = torch.where(tail_C > 0, gamma_CB[:, -1] / tail_C, 0.0)
+    row_C = tail_rate_C - gamma_CB.sum(dim=-1)
+    if entropy_coef_C is None:
+        grad_CV = torch.mul(q_CV, row_C.unsqueeze(1), out=logq_CV)
+    else:  # entropy: -e q (log q + H)
+        grad_CV = logq_CV.mul_(-entropy_coef_C.unsqueeze(1)).add_((row_C - entropy_coef_C * entropy_C).unsqueeze(1))
+        grad_CV.mul_(q_CV)
+    topk_CK = gamma_CB[:, :-1] - q_CV.gather(1, ids_CK) * tail_rate_C.unsqueeze(1)
+    return grad_CV.scatter_add_(1, ids_CK, topk_CK)
+
+
+def _topk_chunk(ids_RK, logprobs_RK, tail, spec, rows, logits_CV, workspace, coef_C, entropy_coef_C):
+    """One chunk against a cached top-k teacher. `coef_C is None`: values only, no gradient."""
+    q_CV, ids_CK = workspace.take(1, logits_CV.shape[0]), ids_RK[rows]
+    _log_softmax_(logits_CV, q_CV)
+    entropy_C = -_rowdot(q_CV, logits_CV) if spec.with_entropy else None
+    # A leftover mass below the float resolution is rounding noise: in "bucket" mode both are floored there, so that
+    # a confident teacher (or K = V) cannot turn a 0 into an unbounded log-ratio
+    floor = torch.finfo(spec.dtype).eps if tail == "bucket" else 0.0
+    student_CB, tail_C = _student_buckets(logits_CV, q_CV, ids_CK, floor)
+    teacher_CB = _teacher_buckets(logprobs_RK[rows], tail, spec.temperature, floor)
+    with torch.enable_grad():
+        student_CB.requires_grad_(coef_C is not None)
+        value_C = per_token_divergence(
+            spec.divergence, student_CB, teacher_CB, beta=spec.beta, alpha=spec.alpha, temperature=1.0
+        )
+        if coef_C is None:
+            return value_C, entropy_C, None
+        (gamma_CB,) = torch.autograd.grad(value_C, student_CB, grad_outputs=coef_C)
+    grad_CV = _topk_logit_grad_(logits_CV, q_CV, ids_CK, gamma_CB, tail_C, entropy_coef_C, entropy_C)
+    return value_C.detach(), entropy_C, grad_CV
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The two autograd Functions.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _scaled(grad: torch.Tensor | None, dtype: torch.dtype, scale: torch.Tensor) -> torch.Tensor | None:
+    """`grad · scale` in `dtype`; out of place, so that a retained graph can run its backward again."""
+    return None if grad is None else (grad * scale).to(dtype)
+
+
+class _WeightedSum(torch.autograd.Function):
+    """`sum_r w_r d_r + sum_r e_r H_r`; the gradient is computed in the forward pass, the backward only scales it."""
+
+    @staticmethod
+    def forward(ctx, student_hidden_RH, student_head_VH, weights_R, entropy_weights_R, chunk_fn, spec):
+        weights_R = weights_R.to(spec.dtype)
+        entropy_weights_R = None if entropy_weights_R is None else entropy_weights_R.to(spec.dtype)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        coef_R = weights_R / spec.temperature if need_grad else None
+        entropy_coef_R = entropy_weights_R / spec.temperature if need_grad and entropy_weights_R is not None else None
+        value_R, entropy_R, grad_hidden_RH, grad_head_VH = _chunk_loop(
+            student_hidden_RH, student_head_VH, chunk_fn, coef_R, entropy_coef_R, spec, *ctx.needs_input_grad[:2]
+        )
+        loss = (weights_R * value_R).sum()
+        if entropy_weights_R is not None:
+            loss = loss + (entropy_weights_R * entropy_R).sum()
+        entropy_R = value_R.new_zeros(0) if entropy_R is None else entropy_R
+        ctx.save_for_backward(grad_hidden_RH, grad_head_VH, value_R, entropy_R)
+        ctx.dtypes = student_hidden_RH.dtype, student_head_VH.dtype
+        ctx.mark_non_differentiable(entropy_R)
+        return loss, entropy_R
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, _grad_entropy):
+        grad_hidden_RH, grad_head_VH, value_R, entropy_R = ctx.saved_tensors
+        hidden_dtype, head_dtype = ctx.dtypes
+        grad_weights_R = grad_loss * value_R if ctx.needs_input_grad[2] else None
+        grad_entropy_weights_R = grad_loss * entropy_R if ctx.needs_input_grad[3] else None
+        return (
+            _scaled(grad_hidden_RH, hidden_dtype, grad_loss),
+            _scaled(grad_head_VH, head_dtype, grad_loss),
+            grad_weights_R,
+            grad_entropy_weights_R,
+            None,
+            None,
+        )
+
+
+class _PerToken(torch.autograd.Function):
+    """Per-token divergence (and entropy); the backward recomputes each chunk with the incoming per-token gradients."""
+
+    @staticmethod
+    def forward(ctx, student_hidden_RH, student_head_VH, chunk_fn, spec):
+        value_R, entropy_R, _, _ = _chunk_loop(student_hidden_RH, student_head_VH, chunk_fn, None, None, spec, 0, 0)
+        ctx.save_for_backward(student_hidden_RH, student_head_VH)
+        ctx.chunk_fn, ctx.spec = chunk_fn, spec
+        ctx.set_materialize_grads(False)
+        return value_R, value_R.new_zeros(0) if entropy_R is None else entropy_R
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_value_R, grad_entropy_R):
+        student_hidden_RH, student_head_VH = ctx.saved_tensors
+        spec = ctx.spec
+        if grad_value_R is None:
+            grad_value_R = student_hidden_RH.new_zeros(student_hidden_RH.shape[0], dtype=spec.dtype)
+        entropy_coef_R = None if grad_entropy_R is None else grad_entropy_R.to(spec.dtype) / spec.temperature
+        _, _, grad_hidden_RH, grad_head_VH = _chunk_loop(
+            student_hidden_RH, student_head_VH, ctx.chunk_fn, grad_value_R.to(spec.dtype) / spec.temperature,
+            entropy_coef_R, spec, *ctx.needs_input_grad[:2],
+        )  # fmt: skip
+        grad_hidden_RH = None if grad_hidden_RH is None else grad_hidden_RH.to(student_hidden_RH.dtype)
+        grad_head_VH = None if grad_head_VH is None else grad_head_VH.to(student_head_VH.dtype)
+        return grad_hidden_RH, grad_head_VH, None, None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Public API.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _check_arguments(student_hidden, student_lm_head, per_token, entropy_weights, divergence, beta, alpha) -> None:
+    """Raise a `ValueError` for bad shapes (every tensor of `per_token` has one row per token) or divergence."""
+    if student_hidden.dim() != 2 or student_lm_head.dim() != 2 or student_hidden.shape[1] != student_lm_head.shape[1]:
+        raise ValueError(
+            f"Expected student_hidden [N, H] and student_lm_head [V, H], got {tuple(student_hidden.shape)} and "
+            f"{tuple(student_lm_head.shape)}."
+        )
+    for name, tensor in {**per_token, "entropy_weights": entropy_weights}.items():
+        if tensor is not None and tensor.shape[0] != student_hidden.shape[0]:
+            raise ValueError(f"`{name}` has {tensor.shape[0]} rows, student_hidden has {student_hidden.shape[0]}.")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"Unknown divergence {divergence!r}; expected one of {', '.join(DIVERGENCES)}.")
+    for name, value in (("beta", beta), ("alpha", alpha)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"`{name}` must be in [0, 1], got {value}.")
+
+
+def _check_settings(temperature, reduction, chunk_size, entropy_weights) -> None:
+    """Raise a `ValueError` for a bad temperature, reduction or chunk size."""
+    if not temperature > 0.0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}.")
+    if reduction == "none" and entropy_weights is not None:
+        raise ValueError("`entropy_weights` needs reduction='sum'; with 'none', weight the returned entropy instead.")
+
+
+def _shared_vocab_size(student_vocab: int, teacher_vocab: int, vocab_size: int | None) -> int:
+    """The vocabulary both heads are sliced to: `vocab_size`, or the common size of the heads when it is `None`."""
+    if vocab_size is None:
+        if student_vocab != teacher_vocab:
+            raise ValueError(
+                f"Student and teacher vocabularies differ: student lm_head has {student_vocab} rows, teacher has "
+                f"{teacher_vocab}. Pass `vocab_size` (the tokenizer's length) to drop padded rows."
+            )
+        return student_vocab
+    if not 1 <= vocab_size <= min(student_vocab, teacher_vocab):
+        raise ValueError(
+            f"`vocab_size`={vocab_size} must be in [1, min(student {student_vocab}, teacher {teacher_vocab})]."
+        )
+    return vocab_size
+
+
+def _computed_rows(num_rows, device, mask, token_weights, entropy_weights, return_entropy) -> torch.Tensor:
+    """
+    Indices of the rows worth computing: those selected by `mask`, less the rows whose weights are all zero, which add
+    exactly nothing to the loss or its gradient. Those are kept when the entropy is returned, or when a weight requires
+    a gradient (`d loss / d w_i = d_i` even at `w_i = 0`).
+    """
+    keep_N = torch.ones(num_rows, dtype=torch.bool, device=device) if mask is None else mask.to(device, torch.bool)
+    weights = [weights_N for weights_N in (token_weights, entropy_weights) if weights_N is not None]
+    if return_entropy or token_weights is None or any(weights_N.requires_grad for weights_N in weights):
+        return keep_N.nonzero().squeeze(1)
+    nonzero_N = torch.stack([weights_N != 0 for weights_N in weights]).any(dim=0)
+    return (keep_N & nonzero_N).nonzero().squeeze(1)
+
+
+def _scatter(values_R: torch.Tensor, index_R: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Per-token values back on all `num_rows` rows, 0 on the rows that were not computed (differentiable)."""
+    return values_R.new_zeros(num_rows).index_copy(0, index_R, values_R)
+
+
+def _reduce(student_hidden, student_lm_head, index_R, chunk_fn, spec, token_weights, entropy_weights, reduction):
+    """Run the chunk loop on the computed rows through the autograd Function of `reduction`."""
+    num_rows = student_hidden.shape[0]
+    hidden_RH = student_hidden.index_select(0, index_R)
+    weights_R = None if token_weights is None else token_weights.index_select(0, index_R)
+    if reduction == "sum":
+        weights_R = torch.ones_like(index_R, dtype=spec.dtype) if weights_R is None else weights_R
+        entropy_weights_R = None if entropy_weights is None else entropy_weights.index_select(0, index_R)
+        loss, entropy_R = _WeightedSum.apply(hidden_RH, student_lm_head, weights_R, entropy_weights_R, chunk_fn, spec)
+        return loss, (_scatter(entropy_R, index_R, num_rows) if spec.with_entropy else None)
+    value_R, entropy_R = _PerToken.apply(hidden_RH, student_lm_head, chunk_fn, spec)
+    losses_R = value_R if weights_R is None else weights_R.to(spec.dtype) * value_R
+    entropy_N = _scatter(entropy_R, index_R, num_rows) if spec.with_entropy else None
+    return _scatter(losses_R, index_R, num_rows), entropy_N
+
+
+def _make_spec(student_hidden, divergence, beta, alpha, temperature, vocab, chunk_size, with_entropy) -> _Spec:
+    """Settings of one call; the compute dtype is float64 for float64 inputs, float32 otherwise."""
+    dtype = torch.float64 if student_hidden.dtype == torch.float64 else torch.float32
+    chunk = chunk_size if chunk_size is not None else max(1, _BUFFER_ELEMENTS // vocab)
+    return _Spec(divergence, beta, alpha, temperature, vocab, chunk, dtype, with_entropy)
+
+
+def _outputs(loss: torch.Tensor, entropy_N: torch.Tensor | None, return_entropy: bool):
+    return (loss, entropy_N) if return_entropy else loss
+
+
+def chunked_distill_loss(
+    student_hidden: torch.Tensor,
+    student_lm_head: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_lm_head: torch.Tensor,
+    token_weights: torch.Tensor | None = None,
+    *,
+    divergence: str = "generalized_jsd",
+    beta: float = 0.5,
+    alpha: float = 0.1,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    entropy_weights: torch.Tensor | None = None,
+    return_entropy: bool = False,
+    reduction: str = "sum",
+    chunk_size: int | None = None,
+    vocab_size: int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """
+    Per-token distillation divergence computed from hidden states and LM heads, `chunk_size` tokens at a time.
+
+    For each token `i`, `d_i = divergence(q_i, p_i)` with `q_i = softmax(student_hidden[i] @ student_lm_head.T / T)`
+    and `p_i` the same for the teacher (see `divergence.py`; no `T²` rescaling). Gradients reach `student_hidden` and
+    `student_lm_head` (and the weights, where they require it); the teacher never gets one.
+
+    Args:
+        student_hidden (`torch.Tensor`):
+            Student final hidden states of shape `[N, H]` (flatten batch and time first).
+        student_lm_head (`torch.Tensor`):
+            Student output embedding of shape `[V_s, H]`.
+        teacher_hidden (`torch.Tensor`):
+            Teacher final hidden states of shape `[N, H']`.
+        teacher_lm_head (`torch.Tensor`):
+            Teacher output embedding of shape `[V_t, H']`.
+        token_weights (`torch.Tensor` or `None`, *optional*, defaults to `None`):
+            Per-token weights `w` of shape `[N]` (gates, validity weights, 0/1 masks); `None` means all ones. Rows
+            with `w_i = 0` (and `e_i = 0`) are skipped, unless `return_entropy=True` or a weight requires grad.
+        divergence (`str`, *optional*, defaults to `"generalized_jsd"`):
+            One of `divergence.DIVERGENCES`.
+        beta (`float`, *optional*, defaults to `0.5`):
+            β of the generalized JSD (TRL convention: 0 forward KL, 1 reverse KL).
+        alpha (`float`, *optional*, defaults to `0.1`):
+            α of the skew KL and skew reverse KL.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Divides both models' logits.
+        mask (`torch.Tensor` or `None`, *optional*, defaults to `None`):
+            Bool tensor of shape `[N]`; `False` rows are never computed (0 output, 0 gradient).
+        entropy_weights (`torch.Tensor` or `None`, *optional*, defaults to `None`):
+            Per-token coefficients `e` of shape `[N]` of the student entropy in the summed loss (`reduction="sum"`
+            only), e.g. `-coef * selection_mask` for entropy minimisation; its gradient is exact and fused.
+        return_entropy (`bool`, *optional*, defaults to `False`):
+            Also return the student entropy `H_i` per token, shape `[N]` (0 on rows not computed). With
+            `reduction="none"` it is differentiable; with `"sum"` it is detached (use `entropy_weights` for a
+            gradient).
+        reduction (`str`, *optional*, defaults to `"sum"`):
+            `"sum"`: the scalar `sum_i w_i d_i + sum_i e_i H_i`, its gradient computed in the forward pass (fastest).
+            `"none"`: the per-token `w_i d_i`, shape `[N]`; the backward recomputes the logits.
+        chunk_size (`int` or `None`, *optional*, defaults to `None`):
+            Tokens per chunk; `None` picks `2**26 // vocab_size` (256 MiB per float32 `[chunk, V]` buffer, four
+            buffers).
+        vocab_size (`int` or `None`, *optional*, defaults to `None`):
+            The tokenizer's length: both heads are sliced to their first `vocab_size` rows (padded embedding rows are
+            dropped). `None` requires `V_s == V_t`.
+
+    Returns:
+        `torch.Tensor` (float32; float64 for float64 inputs), or a tuple `(loss, entropy)` with `return_entropy=True`.
+    """
+    per_token = {"teacher_hidden": teacher_hidden, "token_weights": token_weights, "mask": mask}
+    _check_arguments(student_hidden, student_lm_head, per_token, entropy_weights, divergence, beta, alpha)
+    _check_settings(temperature, reduction, chunk_size, entropy_weights)
+    if teacher_hidden.dim() != 2 or teacher_lm_head.dim() != 2 or teacher_hidden.shape[1] != teacher_lm_head.shape[1]:
+        raise ValueError(
+            f"Expected teacher_hidden [N, H'] and teacher_lm_head [V, H'], got {tuple(teacher_hidden.shape)} and "
+            f"{tuple(teacher_lm_head.shape)}."
+        )
+    vocab = _shared_vocab_size(student_lm_head.shape[0], teacher_lm_head.shape[0], vocab_size)
+    with_entropy = return_entropy or entropy_weights is not None
+    spec = _make_spec(student_hidden, divergence, beta, alpha, temperature, vocab, chunk_size, with_entropy)
+    index_R = _computed_rows(
+        student_hidden.shape[0], student_hidden.device, mask, token_weights, entropy_weights, return_entropy
+    )
+    teacher_hidden_RH = teacher_hidden.detach().index_select(0, index_R)
+    teacher_head_VH = _matmul_head(teacher_lm_head.detach()[:vocab], teacher_hidden_RH, spec.dtype)
+    chunk_fn = partial(_dense_chunk, teacher_hidden_RH, teacher_head_VH, spec)
+    loss, entropy_N = _reduce(
+        student_hidden, student_lm_head, index_R, chunk_fn, spec, token_weights, entropy_weights, reduction
+    )
+    return _outputs(loss, entropy_N, return_entropy)
+
+
+def chunked_distill_loss_topk(
+    student_hidden: torch.Tensor,
+    student_lm_head: torch.Tensor,
+    teacher_topk_ids: torch.Tensor,
+    teacher_topk_logprobs: torch.Tensor,
+    token_weights: torch.Tensor | None = None,
+    *,
+    divergence: str = "generalized_jsd",
+    beta: float = 0.5,
+    alpha: float = 0.1,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    entropy_weights: torch.Tensor | None = None,
+    return_entropy: bool = False,
+    reduction: str = "sum",
+    chunk_size: int | None = None,
+    vocab_size: int | None = None,
+    teacher_tail: str = "renormalize",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """
+    [`chunked_distill_loss`] against a teacher cached offline as its top-k log-probabilities per token.
+
+    The divergence is taken between the student and teacher distributions over K + 1 outcomes: each of the teacher's
+    K tokens, and "any other token". The student's mass on the other tokens is `1 - sum_k q(id_k)`. The teacher's is
+    set by `teacher_tail`:
+        - `"renormalize"` (default): 0, the teacher is `softmax(topk_logprobs / T)` over its K tokens. For an
+          f-divergence this equals the divergence over the full vocabulary against that renormalised teacher. The
+          reverse KL (and β = 1, skew reverse KL with α = 0) is then infinite, so it raises.
+        - `"bucket"`: the leftover mass `1 - sum_k exp(topk_logprobs)`, so the teacher keeps its true top-k
+          probabilities (a lower bound of the full-vocabulary divergence). Both leftover masses are floored at the
+          float resolution (`torch.finfo(dtype).eps`), below which they are rounding noise. Needs
+          `temperature == 1`, since the tempered leftover mass is unknown.
+    With K = V and distinct ids, both equal the full-vocabulary loss.
+
+    Args:
+        student_hidden (`torch.Tensor`):
+            Student final hidden states of shape `[N, H]`.
+        student_lm_head (`torch.Tensor`):
+            Student output embedding of shape `[V_s, H]`.
+        teacher_topk_ids (`torch.Tensor`):
+            Long tensor of shape `[N, K]`: the teacher's top-k token ids per token, distinct within a row.
+        teacher_topk_logprobs (`torch.Tensor`):
+            Tensor of shape `[N, K]`: the teacher's log-probabilities (at temperature 1) of those ids.
+        vocab_size (`int` or `None`, *optional*, defaults to `None`):
+            The student head is sliced to its first `vocab_size` rows; `None` keeps all `V_s`.
+        teacher_tail (`str`, *optional*, defaults to `"renormalize"`):
+            `"renormalize"` or `"bucket"`, see above.
+
+        `token_weights`, `divergence`, `beta`, `alpha`, `temperature`, `mask`, `entropy_weights`, `return_entropy`,
+        `reduction` and `chunk_size` are as in [`chunked_distill_loss`].
+
+    Returns:
+        `torch.Tensor`, or a tuple `(loss, entropy)` with `return_entropy=True`, as in [`chunked_distill_loss`].
+    """
+    per_token = {"teacher_topk_ids": teacher_topk_ids, "token_weights": token_weights, "mask": mask}
+    _check_arguments(student_hidden, student_lm_head, per_token, entropy_weights, divergence, beta, alpha)
+    _check_settings(temperature, reduction, chunk_size, entropy_weights)
+    vocab = _check_topk(student_lm_head, teacher_topk_ids, teacher_topk_logprobs, vocab_size, teacher_tail)
+    _check_topk_divergence(divergence, beta, alpha, temperature, teacher_tail)
+    with_entropy = return_entropy or entropy_weights is not None
+    spec = _make_spec(student_hidden, divergence, beta, alpha, temperature, vocab, chunk_size, with_entropy)
+    index_R = _computed_rows(
+        student_hidden.shape[0], student_hidden.device, mask, token_weights, entropy_weights, return_entropy
+    )
+    ids_RK = teacher_topk_ids.index_select(0, index_R).long()
+    logprobs_RK = teacher_topk_logprobs.detach().index_select(0, index_R).to(spec.dtype)
+    chunk_fn = partial(_topk_chunk, ids_RK, logprobs_RK, teacher_tail, spec)
+    loss, entropy_N = _reduce(
+        student_hidden, student_lm_head, index_R, chunk_fn, spec, token_weights, entropy_weights, reduction
+    )
+    return _outputs(loss, entropy_N, return_entropy)
+
+
+def _check_topk(student_lm_head, ids_NK, logprobs_NK, vocab_size, tail) -> int:
+    """Validate the top-k teacher and return the vocabulary size the student head is sliced to."""
+    vocab = student_lm_head.shape[0] if vocab_size is None else vocab_size
+    if not 1 <= vocab <= student_lm_head.shape[0]:
+        raise ValueError(f"`vocab_size`={vocab} must be in [1, {student_lm_head.shape[0]}] (the student lm_head).")
+    if ids_NK.dim() != 2 or ids_NK.shape != logprobs_NK.shape or ids_NK.is_floating_point():
+        raise ValueError(
+            f"Expected integer teacher_topk_ids and teacher_topk_logprobs of the same shape [N, K], got "
+            f"{tuple(ids_NK.shape)} ({ids_NK.dtype}) and {tuple(logprobs_NK.shape)}."
+        )
+    if ids_NK.numel() and not 0 <= int(ids_NK.min()) <= int(ids_NK.max()) < vocab:
+        raise ValueError(f"`teacher_topk_ids` must lie in [0, {vocab}), the vocabulary of the loss.")
+    if tail not in _TEACHER_TAILS:
+        raise ValueError(f"`teacher_tail` must be one of {_TEACHER_TAILS}, got {tail!r}.")
+    return vocab
+
+
+def _check_topk_divergence(divergence, beta, alpha, temperature, tail) -> None:
+    """Raise where the top-k teacher cannot give the divergence: an infinite reverse KL or an unknown tempered tail."""
+    if tail == "bucket" and temperature != 1.0:
+        raise ValueError("teacher_tail='bucket' needs temperature == 1: the tempered leftover mass is unknown.")
+    reverse = (
+        divergence == "reverse_kl"
+        or (divergence == "generalized_jsd" and beta == 1.0)
+        or (divergence == "skew_reverse_kl" and alpha == 0.0)
+    )
+    if tail == "renormalize" and reverse:
+        raise ValueError(
+            f"{divergence} against a renormalised top-k teacher is infinite (the student has mass outside the top-k); "
+            "use teacher_tail='bucket'."
+        )
