@@ -12,6 +12,7 @@ TINY = ["--max_steps", "2", "--train_data", "toy:train:16", "--eval_data", "toy:
 EXAMPLES = {
     "gkd.py": ["--max_new_tokens", "24"],
     "standard_kd.py": ["--samples_per_prompt", "2", "--sample_max_new_tokens", "96"],
+    "tsd_kd.py": ["--max_new_tokens", "24"],
 }
 
 

@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "KDConfig": "kd_config",
     "KDTrainer": "kd_trainer",
+    "TSDKDConfig": "tsd_kd.config",
+    "TSDKDTrainer": "tsd_kd.trainer",
     "evaluate": "evaluation",
     "rejection_sample": "baselines",
     "load_toy_teacher": "toy",

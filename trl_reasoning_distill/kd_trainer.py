@@ -160,14 +160,14 @@ class KDTrainer(GKDTrainer):
         teacher's. The same `random` stream as GKD, so every rank draws alike."""
         on_policy = random.random() <= self.lmbda
         if not on_policy and not self.seq_kd:
-            self.log_metric("on_policy", 0.0)
+            self.log_metric("on_policy", 0.0, mode="train")
             return inputs
         source = self.model_wrapped if on_policy else self.teacher_model
         config = self._student_generation_config if on_policy else self._teacher_generation_config
         with unwrap_model_for_generation(source, self.accelerator, generation_kwargs=self.generation_kwargs) as model:
             ids, mask, labels = self.generate_on_policy_outputs(model, inputs, config)
-        self.log_metric("on_policy", float(on_policy))
-        self.log_metric("completion_length", (labels[:, 1:] != -100).sum(1).float().mean().item())
+        self.log_metric("on_policy", float(on_policy), mode="train")
+        self.log_metric("completion_length", (labels[:, 1:] != -100).sum(1).float().mean().item(), mode="train")
         return {**inputs, "input_ids": ids, "attention_mask": mask, "labels": labels}
 
     def _count_loss_tokens(self, batches: list[dict], device) -> torch.Tensor:
@@ -225,7 +225,9 @@ class KDTrainer(GKDTrainer):
             loss = loss_sum * self.accelerator.num_processes / torch.as_tensor(num_items_in_batch).clamp_min(1)
         return (loss, {}) if return_outputs else loss
 
-    def log_metric(self, name: str, value: float) -> None:
-        """Record `value` under `<metric_prefix>/<name>`; TRL averages each list at the next log step."""
-        mode = "train" if self.model.training else "eval"
+    def log_metric(self, name: str, value: float, mode: str | None = None) -> None:
+        """Record `value` under `<metric_prefix>/<name>` (in `mode`, else the model's current mode); TRL averages
+        each list at the next log step. Sampling in `get_batch_samples` runs before the model is put in train mode,
+        so it passes `mode="train"`."""
+        mode = mode or ("train" if self.model.training else "eval")
         self._metrics[mode][f"{self.metric_prefix}/{name}"].append(value)

@@ -1,7 +1,10 @@
 """TSD-KD, token-selective dual knowledge distillation (https://huggingface.co/papers/2603.13260).
 
-Only the pure loss pieces live here so far; importing this package needs torch only (no trl, no transformers).
+The pure loss pieces are imported here and need torch only; `TSDKDConfig` and `TSDKDTrainer` (which import trl)
+load on first access, so importing this package stays light.
 """
+
+import importlib
 
 from .loss import (
     TSDKDOutput,
@@ -14,8 +17,12 @@ from .loss import (
     tsd_kd_loss,
 )
 
+_LAZY = {"TSDKDConfig": "config", "TSDKDTrainer": "trainer"}
+
 __all__ = [
+    "TSDKDConfig",
     "TSDKDOutput",
+    "TSDKDTrainer",
     "adaptive_opener_ratio",
     "entropy_gap_gate",
     "opener_mask",
@@ -24,3 +31,9 @@ __all__ = [
     "top_entropy_mask",
     "tsd_kd_loss",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

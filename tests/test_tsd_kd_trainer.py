@@ -1,0 +1,99 @@
+"""TSDKDTrainer and TSDKDConfig: training on the toy models, metrics, GKD equivalence, paper defaults, validation."""
+
+import pytest
+import torch
+from conftest import CPU_TRAINING
+from test_kd_trainer import toy_rows
+
+from trl_reasoning_distill.kd_config import KDConfig
+from trl_reasoning_distill.kd_trainer import KDTrainer
+from trl_reasoning_distill.tsd_kd import TSDKDConfig, TSDKDTrainer
+
+METRICS = ("direct", "indirect", "entropy", "gate_mean", "opener_len")
+
+
+def make_trainer(tmp_path, student, teacher, tokenizer, config_cls=TSDKDConfig, trainer_cls=TSDKDTrainer, **overrides):
+    args = config_cls(output_dir=str(tmp_path), per_device_train_batch_size=4, max_new_tokens=12, max_length=128,
+                      **{**CPU_TRAINING, "max_steps": 2, **overrides})
+    return trainer_cls(model=student, teacher_model=teacher, args=args, train_dataset=toy_rows(),
+                       processing_class=tokenizer)
+
+
+def train_and_check(trainer):
+    before = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    teacher_before = {n: p.clone() for n, p in trainer.teacher_model.named_parameters()}
+    trainer.train()
+    assert all(not torch.equal(p, trainer.model.get_parameter(n)) for n, p in before.items())
+    assert all(torch.equal(p, trainer.teacher_model.get_parameter(n)) for n, p in teacher_before.items())
+    logs = trainer.state.log_history[0]
+    for name in METRICS:
+        assert f"tsd_kd/{name}" in logs
+    assert 0.0 < logs["tsd_kd/gate_mean"] < 1.0 and logs["tsd_kd/opener_len"] >= 1.0
+    return logs
+
+
+@pytest.mark.parametrize("lmbda", [0.0, 1.0])
+def test_trains_two_steps_and_logs(tmp_path, tiny_student, tiny_teacher, tokenizer, lmbda):
+    logs = train_and_check(make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, lmbda=lmbda))
+    assert logs["tsd_kd/on_policy"] == lmbda
+
+
+def test_reference_code_compat_trains(tmp_path, tiny_student, tiny_teacher, tokenizer):
+    train_and_check(make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, lmbda=0.0,
+                                 reference_code_compat=True))
+
+
+def test_adaptive_opener_trains_with_a_bounded_history(tmp_path, tiny_student, tiny_teacher, tokenizer):
+    trainer = make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, lmbda=0.0, adaptive_opener=True,
+                           adaptive_history=6, max_steps=3)
+    logs = train_and_check(trainer)
+    assert len(trainer.gap_history) == 6  # 3 steps x 4 rows, capped
+    assert 0.0 <= logs["tsd_kd/opener_ratio"] <= 1.0
+
+
+@pytest.mark.parametrize("given_count", [False, True])
+def test_ablated_loss_equals_kd_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, given_count):
+    """Table 3 row 1: no gate, α = γ = 0 is GKD's generalized JSD, with the same normalisation as KDTrainer."""
+    common = dict(lmbda=0.0, beta=0.7, temperature=1.5)
+    tsd = make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, use_gate=False, indirect_coef=0.0,
+                       entropy_coef=0.0, **common)
+    kd = make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, config_cls=KDConfig, trainer_cls=KDTrainer,
+                      loss_chunk_size=0, divergence="generalized_jsd", **common)
+    batch = tsd._prepare_inputs(tsd.data_collator([tsd.train_dataset[i] for i in range(4)]))
+    count = {"num_items_in_batch": torch.tensor(3 * (batch["labels"][:, 1:] != -100).sum().item())}
+    kwargs = count if given_count else {}
+    expected = kd.compute_loss(kd.model, batch, **kwargs)
+    loss, outputs = tsd.compute_loss(tsd.model, batch, return_outputs=True, **kwargs)
+    assert outputs == {}
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-6)
+    # the logged direct term is this micro-batch's mean whether or not the global count is given
+    direct = tsd._metrics["train"]["tsd_kd/direct"][-1]
+    assert direct == pytest.approx(expected.item() * (3 if given_count else 1), rel=1e-5)
+
+
+def test_paper_defaults(tmp_path):
+    args = TSDKDConfig(output_dir=str(tmp_path))
+    paper = dict(lmbda=1.0, beta=0.9, temperature=1.0, top_k=10, opener_ratio=0.1, entropy_ratio=0.1,
+                 indirect_coef=0.1, entropy_coef=1.0, tau=1.0, use_gate=True, entropy_scope="sequence",
+                 reference_code_compat=False, adaptive_opener=False, adaptive_window=5, max_new_tokens=128)
+    assert {k: getattr(args, k) for k in paper} == paper
+
+
+@pytest.mark.parametrize("field, value", [
+    ("opener_ratio", 1.5), ("entropy_ratio", -0.1), ("top_k", 0), ("indirect_coef", -1.0), ("entropy_coef", -1.0),
+    ("tau", 0.0), ("entropy_scope", "token"), ("adaptive_window", 0), ("adaptive_history", 0), ("beta", 2.0),
+])
+def test_bad_values_raise(tmp_path, field, value):
+    with pytest.raises(ValueError, match=field) as error:
+        TSDKDConfig(output_dir=str(tmp_path), **{field: value})
+    assert field == "beta" or str(value) in str(error.value)  # GKDConfig's own beta message omits the value
+
+
+def test_reference_code_compat_needs_one_ratio(tmp_path):
+    with pytest.raises(ValueError, match="reference_code_compat"):
+        TSDKDConfig(output_dir=str(tmp_path), reference_code_compat=True, entropy_ratio=0.2)
+
+
+def test_needs_a_tsd_kd_config(tmp_path, tiny_student, tiny_teacher, tokenizer):
+    with pytest.raises(ValueError, match="TSDKDConfig"):
+        make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, config_cls=KDConfig)

@@ -1,0 +1,127 @@
+"""`TSDKDConfig`: `KDConfig` plus the hyperparameters of TSD-KD, with the paper's defaults.
+
+Paper: Explain in Your Own Words: Improving Reasoning via Token-Selective Dual Knowledge Distillation,
+https://huggingface.co/papers/2603.13260 (values and their sources: TSD-KD spec, section 3).
+"""
+
+from dataclasses import dataclass, field
+
+from ..kd_config import KDConfig
+from .loss import ENTROPY_SCOPES
+
+
+@dataclass
+class TSDKDConfig(KDConfig):
+    r"""
+    Configuration class for [`TSDKDTrainer`]. Only the TSD-KD fields are listed, plus the inherited defaults changed
+    to the paper's values (`lmbda=1.0`, `beta=0.9`, `temperature=1.0`); see [`KDConfig`] and [`GKDConfig`].
+
+    Parameters:
+        > Parameters of the loss (Eq. 13: `L = L_direct + γ · L_ent + α · L_indirect`)
+
+        top_k (`int`, *optional*, defaults to `10`):
+            Student top-K candidates re-ranked by the teacher in the indirect loss, K.
+        opener_ratio (`float`, *optional*, defaults to `0.1`):
+            Opener ratio p: the opener is the shortest prefix holding this share of the response's student entropy.
+        entropy_ratio (`float`, *optional*, defaults to `0.1`):
+            Ratio ρ of highest-entropy tokens whose student entropy is minimised.
+        indirect_coef (`float`, *optional*, defaults to `0.1`):
+            Weight α of the indirect (Plackett-Luce re-ranking) loss.
+        entropy_coef (`float`, *optional*, defaults to `1.0`):
+            Weight γ of the selective entropy loss.
+        tau (`float`, *optional*, defaults to `1.0`):
+            Gate sharpness τ of `σ((H_S - H_T) / τ)`.
+        use_gate (`bool`, *optional*, defaults to `True`):
+            Weight the direct loss per token by the entropy-gap gate; `False` weights every token 1.
+        entropy_scope (`str`, *optional*, defaults to `"sequence"`):
+            `"sequence"`: top-ρ tokens of each response; `"batch"`: of the whole micro-batch.
+        reference_code_compat (`bool`, *optional*, defaults to `False`):
+            Compute what the authors' released code computes (reversed PL denominator, batch-flattened exclusive
+            opener, one ratio for both selections, top ~90 % entropy set, zero JSD at β ∈ {0, 1}).
+
+        > Parameters of the adaptive opener (App. A.7)
+
+        adaptive_opener (`bool`, *optional*, defaults to `False`):
+            Choose p per sample from the quantile of its smoothed entropy gap `mean H_S - mean H_T` among earlier
+            samples (placeholder bins of `adaptive_opener_ratio`).
+        adaptive_window (`int`, *optional*, defaults to `5`):
+            Moving-average window, in samples, of the entropy gap.
+        adaptive_history (`int`, *optional*, defaults to `1024`):
+            Number of past gaps kept on the trainer for the quantile.
+    """
+
+    lmbda: float = field(
+        default=1.0, metadata={"help": "On-policy fraction λ: 1.0, fully on-policy (paper Table 6; code LAMBDA=1)."}
+    )
+    beta: float = field(
+        default=0.9,
+        metadata={"help": "JSD interpolation β: 0.9, 'as suggested by GKD' (paper §3, App. A.5; code; spec §3)."},
+    )
+    temperature: float = field(
+        default=1.0, metadata={"help": "KD and sampling temperature T: 1.0 (paper and code, spec §3)."}
+    )
+    top_k: int = field(
+        default=10, metadata={"help": "Student candidates K re-ranked by the teacher: 10 (paper App. A.3, Fig. 4)."}
+    )
+    opener_ratio: float = field(
+        default=0.1, metadata={"help": "Opener entropy ratio p: 0.1 (paper Eq. 10, Fig. 3; spec §3)."}
+    )
+    entropy_ratio: float = field(
+        default=0.1,
+        metadata={"help": "Top-entropy token ratio ρ of the entropy loss: 0.1 (paper Eq. 12, App. A.4, Fig. 5)."},
+    )
+    indirect_coef: float = field(
+        default=0.1, metadata={"help": "Weight α of the indirect loss: 0.1 (paper Eq. 13, App. A.9; code)."}
+    )
+    entropy_coef: float = field(
+        default=1.0, metadata={"help": "Weight γ of the entropy loss: 1.0, equal to the direct term (paper §2.7)."}
+    )
+    tau: float = field(
+        default=1.0, metadata={"help": "Gate sharpness τ: 1.0 (no value in the paper; the code's σ(H_S − H_T))."}
+    )
+    use_gate: bool = field(
+        default=True, metadata={"help": "Gate the direct loss by σ((H_S − H_T)/τ) (paper Eq. 11; Table 3 ablates)."}
+    )
+    entropy_scope: str = field(
+        default="sequence",
+        metadata={"help": f"Entropy selection scope, one of {ENTROPY_SCOPES} (per response: Eq. 12; spec §8.4)."},
+    )
+    reference_code_compat: bool = field(
+        default=False,
+        metadata={"help": "Reproduce the released code's loss (spec §2.9 D1-D4, D6); needs entropy_ratio == "
+                          "opener_ratio and adaptive_opener=False."},
+    )
+    adaptive_opener: bool = field(
+        default=False, metadata={"help": "Adaptive opener ratio p from the entropy gap (paper App. A.7)."}
+    )
+    adaptive_window: int = field(
+        default=5, metadata={"help": "Moving-average window of the entropy gap: 5 samples (paper App. A.7)."}
+    )
+    adaptive_history: int = field(
+        default=1024, metadata={"help": "Past gaps kept for the adaptive quantile (not in the paper; our choice)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("opener_ratio", "entropy_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}.")
+        for name in ("indirect_coef", "entropy_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if not self.tau > 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}.")
+        if self.entropy_scope not in ENTROPY_SCOPES:
+            raise ValueError(f"entropy_scope must be one of {ENTROPY_SCOPES}, got {self.entropy_scope!r}.")
+        if self.adaptive_window < 1:
+            raise ValueError(f"adaptive_window must be >= 1, got {self.adaptive_window}.")
+        if self.adaptive_history < 1:
+            raise ValueError(f"adaptive_history must be >= 1, got {self.adaptive_history}.")
+        if self.reference_code_compat and (self.adaptive_opener or self.entropy_ratio != self.opener_ratio):
+            raise ValueError(
+                "reference_code_compat=True ties both selections to one fixed ratio (spec D3): set entropy_ratio "
+                f"equal to opener_ratio and adaptive_opener=False; got entropy_ratio={self.entropy_ratio}, "
+                f"opener_ratio={self.opener_ratio}, adaptive_opener={self.adaptive_opener}."
+            )
