@@ -34,6 +34,6 @@ def test_quick_benchmark_on_tiny_sizes(losses_module, tmp_path):
 def test_skips_cases_that_do_not_fit(losses_module):
     args = losses_module.parse_args(["--sizes", "1024,4096,8192", "--vocabs", "152064"])
     assert losses_module.estimated_gib("gkd", 4096, 152064, 1024, "float32") > args.max_gib
-    assert losses_module.estimated_gib("ours", 8192, 152064, 1024, "float32") < 2.0
+    assert losses_module.estimated_gib("ours", 8192, 152064, 1024, "float32") < 3.0  # 1 GiB of buffers + heads
     fitting = losses_module.largest_fitting_n(152064, args)
     assert 1024 <= fitting < 4096 and (fitting, 152064) in losses_module.grid(args)
