@@ -9,6 +9,8 @@ logits ever exist. Memory on top of the inputs, for `R` computed tokens, vocabul
 (the fused backward briefly holds a second V · H, when the buffers are already freed). The default `C` makes one
 buffer 256 MiB (C = 441 for V = 152K, C = 2048 for V = 32K): 1 GiB of buffers, whatever N. Masked rows and rows whose
 weights are all zero are dropped before any matmul, so they cost nothing. The teacher never receives a gradient.
+Half-precision inputs: on CUDA the matmuls run in bf16/fp16 into float32 buffers (`out_dtype`, as TRL's kernels do);
+elsewhere the heads are upcast to float32 once per call (one float32 `V x H` copy each).
 
 Two reductions share one chunk loop:
     - `reduction="sum"` (fused; what trainers use): `sum_i w_i d_i + sum_i e_i H_i`. The gradient w.r.t. the student
