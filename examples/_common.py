@@ -38,6 +38,12 @@ def load_models(script_args: ScriptArguments):
     return student, teacher, tokenizer
 
 
+def load_training_data(script_args: ScriptArguments):
+    """The training rows, keeping only the columns `KDTrainer` reads (messages, or prompt [+ completion])."""
+    train = load_dataset_spec(script_args.train_data)
+    return train.select_columns([c for c in ("messages", "prompt", "completion") if c in train.column_names])
+
+
 def accuracy(model, tokenizer, script_args: ScriptArguments, label: str) -> float | None:
     """Greedy pass@1 on the eval data, printed with its wall time (None when there is no eval data)."""
     if not script_args.eval_data:

@@ -9,11 +9,10 @@ Real models (a GPU; see examples/configs/ for paper-scale settings):
         --train_data data/train.jsonl --eval_data data/test.jsonl --bf16 true --max_new_tokens 1024
 """
 
-from _common import TOY_TRAINING_DEFAULTS, ScriptArguments, accuracy, load_models
+from _common import TOY_TRAINING_DEFAULTS, ScriptArguments, accuracy, load_models, load_training_data
 
 from trl_reasoning_distill import KDConfig, KDTrainer
 from trl_reasoning_distill._trl import TrlParser
-from trl_reasoning_distill.cli import load_dataset_spec
 
 
 def main():
@@ -23,10 +22,8 @@ def main():
     script_args, config = parser.parse_args_and_config()
     student, teacher, tokenizer = load_models(script_args)
     accuracy(student, tokenizer, script_args, "student before")
-    train = load_dataset_spec(script_args.train_data)
-    columns = [c for c in ("messages", "prompt", "completion") if c in train.column_names]
-    trainer = KDTrainer(model=student, teacher_model=teacher, args=config, train_dataset=train.select_columns(columns),
-                        processing_class=tokenizer)
+    trainer = KDTrainer(model=student, teacher_model=teacher, args=config,
+                        train_dataset=load_training_data(script_args), processing_class=tokenizer)
     trainer.train()
     trainer.save_model(config.output_dir)
     accuracy(trainer.model, tokenizer, script_args, "student after GKD")

@@ -12,10 +12,9 @@ Paper scale (Qwen2.5-14B-Instruct -> Qwen2.5-1.5B-Instruct on UltraInteract prom
         --config examples/configs/tsd_kd_paper.yaml
 """
 
-from _common import TOY_TRAINING_DEFAULTS, ScriptArguments, accuracy, load_models
+from _common import TOY_TRAINING_DEFAULTS, ScriptArguments, accuracy, load_models, load_training_data
 
 from trl_reasoning_distill._trl import TrlParser
-from trl_reasoning_distill.cli import load_dataset_spec
 from trl_reasoning_distill.tsd_kd import TSDKDConfig, TSDKDTrainer
 
 
@@ -27,10 +26,8 @@ def main():
     script_args, config = parser.parse_args_and_config()
     student, teacher, tokenizer = load_models(script_args)
     accuracy(student, tokenizer, script_args, "student before")
-    train = load_dataset_spec(script_args.train_data)
-    columns = [c for c in ("messages", "prompt", "completion") if c in train.column_names]
     trainer = TSDKDTrainer(model=student, teacher_model=teacher, args=config,
-                           train_dataset=train.select_columns(columns), processing_class=tokenizer)
+                           train_dataset=load_training_data(script_args), processing_class=tokenizer)
     trainer.train()
     trainer.save_model(config.output_dir)
     accuracy(trainer.model, tokenizer, script_args, "student after TSD-KD")

@@ -17,16 +17,6 @@ FP32 = {"atol": 1e-5, "rtol": 1e-5}
 BF16 = {"atol": 1e-2, "rtol": 1e-2}
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Seed, and run on one thread: on these tiny tensors, the intra-op thread pool costs more than it saves."""
-    torch.manual_seed(0)
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
-
-
 def _inputs(dtype=torch.float32, num=N, student_vocab=V, teacher_vocab=V):
     """Random student/teacher hidden states and heads; the student's require grad."""
     student_hidden_NH = torch.randn(num, H, dtype=dtype).requires_grad_()

@@ -37,16 +37,6 @@ MATRIX = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Seed, and run on one thread: on these tiny tensors, the intra-op thread pool costs more than it saves."""
-    torch.manual_seed(0)
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
-
-
 def _logits(B, T, V, dtype=torch.float64, scale=2.0):
     student_BTV = (scale * torch.randn(B, T, V, dtype=dtype)).requires_grad_()
     teacher_BTV = scale * torch.randn(B, T, V, dtype=dtype)
