@@ -4,7 +4,7 @@ reference written here from its definition. Sizes are tiny and odd so that chunk
 import pytest
 import torch
 
-from trl_reasoning_distill.chunked import chunked_distill_loss, chunked_distill_loss_topk
+from trl_reasoning_distill.chunked import chunked_distill_loss, chunked_distill_loss_topk, chunked_entropy
 from trl_reasoning_distill.divergence import DIVERGENCES, entropy, per_token_divergence
 
 N, H, H_T, V = 13, 8, 6, 11
@@ -360,3 +360,21 @@ def test_topk_invalid_arguments_raise():
         chunked_distill_loss_topk(*inputs[:2], ids_NK, logprobs_NK[:, :2])
     with pytest.raises(ValueError, match="teacher_tail"):
         chunked_distill_loss_topk(*inputs[:2], ids_NK, logprobs_NK, teacher_tail="drop")
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 3])
+def test_chunked_entropy_matches_divergence_py(chunk_size):
+    hidden_NH, head_VH = torch.randn(7, 5, dtype=torch.float64), torch.randn(11, 5, dtype=torch.float64)
+    mask_N = torch.tensor([True, False, True, True, False, True, True])
+    out_N = chunked_entropy(hidden_NH, head_VH, temperature=1.5, mask=mask_N, chunk_size=chunk_size, vocab_size=9)
+    expected_N = entropy(hidden_NH @ head_VH[:9].T, temperature=1.5) * mask_N
+    torch.testing.assert_close(out_N, expected_N)
+    assert not out_N.requires_grad
+
+
+def test_chunked_entropy_checks_its_arguments():
+    with pytest.raises(ValueError, match="hidden"):
+        chunked_entropy(torch.randn(3, 4), torch.randn(5, 3))
+    with pytest.raises(ValueError, match="mask"):
+        chunked_entropy(torch.randn(3, 4), torch.randn(5, 4), mask=torch.ones(2, dtype=torch.bool))
+

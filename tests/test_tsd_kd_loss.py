@@ -18,6 +18,7 @@ from trl_reasoning_distill.tsd_kd import (
     sample_entropy_gap,
     top_entropy_mask,
     tsd_kd_loss,
+    tsd_kd_loss_chunked,
 )
 
 F64 = torch.float64
@@ -424,6 +425,61 @@ def test_tsd_kd_loss_checks_its_arguments():
 
 
 # --- reference_code_compat: the released code (spec section 2.9) ----------------------------------------------------
+
+
+# --- tsd_kd_loss_chunked: the same loss from hidden states -----------------------------------------------------------
+
+
+def _hidden_inputs(B=3, T=9, H=6, H_t=5, V_s=15, V_t=13, dtype=F64):
+    """Hidden states and heads with different hidden sizes and padded vocabularies (shared vocabulary 12)."""
+    student_BTH = torch.randn(B, T, H, dtype=dtype).requires_grad_()
+    student_VH = (torch.randn(V_s, H, dtype=dtype) / 2).requires_grad_()
+    teacher_BTH, teacher_VH = torch.randn(B, T, H_t, dtype=dtype), torch.randn(V_t, H_t, dtype=dtype) / 2
+    return student_BTH, student_VH, teacher_BTH, teacher_VH, _random_mask(B, T), 12
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"use_gate": False, "entropy_scope": "batch", "top_k": 3},
+        {"temperature": 1.7, "beta": 0.0, "tau": 0.5, "opener_ratio": 0.6, "entropy_ratio": 0.3},
+        {"beta": 1.0, "num_items_in_batch": 40, "num_processes": 2, "top_k": 2},
+        {"opener_ratio": torch.tensor([0.05, 0.5, 1.0]), "chunk_size": 4},
+        {"chunk_size": 1, "entropy_coef": 0.3, "indirect_coef": 2.0},
+    ],
+)
+def test_chunked_loss_equals_the_logits_loss(options):
+    student_BTH, student_VH, teacher_BTH, teacher_VH, mask_BT, vocab = _hidden_inputs()
+    chunk = {"chunk_size": options.pop("chunk_size", None)}
+    chunked = tsd_kd_loss_chunked(
+        student_BTH, student_VH, teacher_BTH, teacher_VH, mask_BT, vocab_size=vocab, **chunk, **options
+    )
+    dense = tsd_kd_loss(student_BTH @ student_VH[:vocab].T, teacher_BTH @ teacher_VH[:vocab].T, mask_BT, **options)
+    for name in ("loss", "direct", "indirect", "entropy", "gate_mean", "opener_len", "entropy_frac"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(dense, name), msg=name)
+    expected = torch.autograd.grad(dense.loss, (student_BTH, student_VH))
+    for actual, grad in zip(torch.autograd.grad(chunked.loss, (student_BTH, student_VH)), expected):
+        torch.testing.assert_close(actual, grad)
+
+
+def test_chunked_loss_all_masked_is_zero_with_zero_gradient():
+    student_BTH, student_VH, teacher_BTH, teacher_VH, mask_BT, vocab = _hidden_inputs()
+    out = tsd_kd_loss_chunked(student_BTH, student_VH, teacher_BTH, teacher_VH, torch.zeros_like(mask_BT),
+                              vocab_size=vocab)
+    assert out.loss.item() == 0.0
+    assert _grad(out.loss, student_BTH).abs().max().item() == 0.0
+
+
+def test_chunked_loss_checks_its_arguments():
+    student_BTH, student_VH, teacher_BTH, teacher_VH, mask_BT, vocab = _hidden_inputs()
+    with pytest.raises(ValueError, match="hidden states"):
+        tsd_kd_loss_chunked(student_BTH, student_VH, teacher_BTH[:, 1:], teacher_VH, mask_BT, vocab_size=vocab)
+    with pytest.raises(ValueError, match="vocab_size"):
+        tsd_kd_loss_chunked(student_BTH, student_VH, teacher_BTH, teacher_VH, mask_BT, vocab_size=14)
+    with pytest.raises(ValueError, match="ratio"):
+        tsd_kd_loss_chunked(student_BTH, student_VH, teacher_BTH, teacher_VH, mask_BT, vocab_size=vocab,
+                            opener_ratio=1.5)
 
 
 @pytest.mark.parametrize("beta", [0.5, 0.9])

@@ -56,7 +56,7 @@ def test_ablated_loss_equals_kd_trainer(tmp_path, tiny_student, tiny_teacher, to
     """Table 3 row 1: no gate, α = γ = 0 is GKD's generalized JSD, with the same normalisation as KDTrainer."""
     common = dict(lmbda=0.0, beta=0.7, temperature=1.5)
     tsd = make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, use_gate=False, indirect_coef=0.0,
-                       entropy_coef=0.0, **common)
+                       entropy_coef=0.0, loss_chunk_size=0, **common)
     kd = make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, config_cls=KDConfig, trainer_cls=KDTrainer,
                       loss_chunk_size=0, divergence="generalized_jsd", **common)
     batch = tsd._prepare_inputs(tsd.data_collator([tsd.train_dataset[i] for i in range(4)]))
@@ -69,6 +69,27 @@ def test_ablated_loss_equals_kd_trainer(tmp_path, tiny_student, tiny_teacher, to
     # the logged direct term is this micro-batch's mean whether or not the global count is given
     direct = tsd._metrics["train"]["tsd_kd/direct"][-1]
     assert direct == pytest.approx(expected.item() * (3 if given_count else 1), rel=1e-5)
+
+
+@pytest.mark.parametrize("adaptive_opener", [False, True])
+def test_chunked_path_equals_full_logits(tmp_path, tiny_student, tiny_teacher, tokenizer, adaptive_opener):
+    """The default chunked loss (from hidden states) gives the full-logits loss, its gradient and its metrics."""
+    options = dict(lmbda=0.0, top_k=3, temperature=1.3, adaptive_opener=adaptive_opener)
+    chunked = make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, loss_chunk_size=5, **options)
+    dense = make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, loss_chunk_size=0, **options)
+    batch = dense._prepare_inputs(dense.data_collator([dense.train_dataset[i] for i in range(4)]))
+    losses, grads = [], []
+    for trainer in (chunked, dense):
+        trainer.model.zero_grad()
+        losses.append(trainer.compute_loss(trainer.model, batch, num_items_in_batch=torch.tensor(50)))
+        losses[-1].backward()
+        grads.append([p.grad.clone() for p in trainer.model.parameters()])
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for actual, expected in zip(*grads):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6)
+    for name in METRICS:
+        key = f"tsd_kd/{name}"
+        assert chunked._metrics["train"][key][-1] == pytest.approx(dense._metrics["train"][key][-1], rel=1e-4)
 
 
 def test_paper_defaults(tmp_path):

@@ -685,3 +685,55 @@ def _check_topk_divergence(divergence, beta, alpha, temperature, tail) -> None:
             f"{divergence} against a renormalised top-k teacher is infinite (the student has mass outside the top-k); "
             "use teacher_tail='bucket'."
         )
+
+
+@torch.no_grad()
+def chunked_entropy(
+    hidden: torch.Tensor,
+    lm_head: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    vocab_size: int | None = None,
+) -> torch.Tensor:
+    """
+    Token entropy `H_i` of `softmax(hidden[i] @ lm_head[:vocab_size].T / T)` in nats, `chunk_size` rows at a time and
+    without gradient (e.g. for gates and selections computed before the loss). Two float32 `[C, V]` buffers.
+
+    Args:
+        hidden (`torch.Tensor`):
+            Final hidden states of shape `[N, H]`.
+        lm_head (`torch.Tensor`):
+            Output embedding of shape `[V, H]`.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Divides the logits.
+        mask (`torch.Tensor` or `None`, *optional*, defaults to `None`):
+            Bool tensor of shape `[N]`; `False` rows are not computed and get 0.
+        chunk_size (`int` or `None`, *optional*, defaults to `None`):
+            Rows per chunk; `None` is the default of [`chunked_distill_loss`].
+        vocab_size (`int` or `None`, *optional*, defaults to `None`):
+            Use only the first `vocab_size` rows of `lm_head` (padded embedding rows dropped); `None`: all.
+
+    Returns:
+        `torch.Tensor`: Entropies of shape `[N]` (float32, or float64 for float64 inputs).
+    """
+    if hidden.dim() != 2 or lm_head.dim() != 2 or hidden.shape[1] != lm_head.shape[1]:
+        raise ValueError(f"Expected hidden [N, H] and lm_head [V, H], got {tuple(hidden.shape)} and "
+                         f"{tuple(lm_head.shape)}.")
+    if mask is not None and mask.shape != hidden.shape[:1]:
+        raise ValueError(f"`mask` has shape {tuple(mask.shape)}, expected ({hidden.shape[0]},).")
+    vocab = _shared_vocab_size(lm_head.shape[0], lm_head.shape[0], vocab_size)
+    _check_settings(temperature, "sum", chunk_size, None)
+    spec = _make_spec(hidden, "generalized_jsd", 0.5, 0.1, temperature, vocab, chunk_size, True)
+    index_R = _computed_rows(hidden.shape[0], hidden.device, mask, None, None, True)
+    head_VH = _matmul_head(lm_head[:vocab], hidden, spec.dtype)
+    workspace = _Workspace(min(spec.chunk_size, max(1, index_R.numel())), vocab, spec.dtype, hidden.device)
+    entropy_N = torch.zeros(hidden.shape[0], dtype=spec.dtype, device=hidden.device)
+    for start in range(0, index_R.numel(), spec.chunk_size):
+        rows_C = index_R[start : start + spec.chunk_size]
+        logits_CV, probs_CV = workspace.take(0, rows_C.numel()), workspace.take(1, rows_C.numel())
+        _project(logits_CV, hidden.index_select(0, rows_C), head_VH, temperature)
+        _log_softmax_(logits_CV, probs_CV)
+        entropy_N[rows_C] = -_rowdot(probs_CV, logits_CV)
+    return entropy_N

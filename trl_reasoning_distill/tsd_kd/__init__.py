@@ -6,16 +6,8 @@ load on first access, so importing this package stays light.
 
 import importlib
 
-from .loss import (
-    TSDKDOutput,
-    adaptive_opener_ratio,
-    entropy_gap_gate,
-    opener_mask,
-    plackett_luce_loss,
-    sample_entropy_gap,
-    top_entropy_mask,
-    tsd_kd_loss,
-)
+from .loss import TSDKDOutput, entropy_gap_gate, plackett_luce_loss, tsd_kd_loss, tsd_kd_loss_chunked
+from .selection import adaptive_opener_ratio, opener_mask, sample_entropy_gap, top_entropy_mask
 
 _LAZY = {"TSDKDConfig": "config", "TSDKDTrainer": "trainer"}
 
@@ -30,6 +22,7 @@ __all__ = [
     "sample_entropy_gap",
     "top_entropy_mask",
     "tsd_kd_loss",
+    "tsd_kd_loss_chunked",
 ]
 
 

@@ -7,7 +7,7 @@ https://huggingface.co/papers/2603.13260 (values and their sources: TSD-KD spec,
 from dataclasses import dataclass, field
 
 from ..kd_config import KDConfig
-from .loss import ENTROPY_SCOPES
+from .selection import ENTROPY_SCOPES
 
 
 @dataclass

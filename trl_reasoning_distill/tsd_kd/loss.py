@@ -14,29 +14,36 @@ token (D2); one ratio drives both selections (D3); its entropy set keeps the tok
 90 %, padding included (D4); β ∈ {0, 1} gives a zero JSD (D6). Labels D1-D6 follow the TSD-KD spec, section 2.9.
 """
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
 
+from ..chunked import chunked_distill_loss, chunked_entropy
 from ..divergence import entropy, generalized_jsd, global_token_mean, masked_mean
+from .selection import (
+    ENTROPY_SCOPES,
+    _check_choice,
+    _selections,
+    adaptive_opener_ratio,
+    opener_mask,
+    sample_entropy_gap,
+    top_entropy_mask,
+)
 
 PL_DENOMINATORS = ("remaining", "preceding")
-ENTROPY_SCOPES = ("sequence", "batch")
-_COUNT_SLACK = 1e-6  # ceil(ratio · L) - slack, so that 0.7 · 10 keeps 7 tokens, not 8
 
-
-def _check_ratio(name: str, value: float) -> None:
-    """Raise a `ValueError` naming `name` unless `0 <= value <= 1`."""
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"`{name}` must be in [0, 1], got {value}.")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    """Raise a `ValueError` naming `name` unless `value` is one of `choices`."""
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}.")
+__all__ = [  # the selections live in `selection.py` and are part of this module's API too
+    "ENTROPY_SCOPES",
+    "TSDKDOutput",
+    "adaptive_opener_ratio",
+    "entropy_gap_gate",
+    "opener_mask",
+    "plackett_luce_loss",
+    "sample_entropy_gap",
+    "top_entropy_mask",
+    "tsd_kd_loss",
+    "tsd_kd_loss_chunked",
+]
 
 
 def plackett_luce_loss(
@@ -106,201 +113,20 @@ def entropy_gap_gate(student_entropy: torch.Tensor, teacher_entropy: torch.Tenso
     return torch.sigmoid((student_entropy.detach() - teacher_entropy.detach()) / tau)
 
 
-def _row_ratio(ratio: float | torch.Tensor, name: str, like_BT: torch.Tensor) -> float | torch.Tensor:
-    """Validate a scalar or per-row ratio; a tensor of shape `(B,)` comes back as `(B, 1)`."""
-    if not isinstance(ratio, torch.Tensor):
-        _check_ratio(name, ratio)
-        return ratio
-    if ratio.shape != like_BT.shape[:1] or bool(((ratio < 0) | (ratio > 1)).any()):
-        raise ValueError(
-            f"`{name}` as a tensor must have shape ({like_BT.shape[0]},) and values in [0, 1], "
-            f"got shape {tuple(ratio.shape)}."
-        )
-    return ratio.to(like_BT).unsqueeze(-1)
-
-
-def opener_mask(student_entropy: torch.Tensor, mask: torch.Tensor, ratio: float | torch.Tensor) -> torch.Tensor:
-    """
-    The opener of each response (Eq. 10): the shortest prefix of valid tokens holding `ratio` of the row's entropy.
-
-    Per row, with `C_m` the entropy summed over the first `m` valid tokens, the opener is the valid tokens
-    `1..t*`, `t* = min{m : C_m >= ratio · C_L}`, the crossing token included. It always holds the first valid
-    token, so `ratio = 0` and a row of zero entropy give that token only; `ratio = 1` runs to the last token of
-    positive entropy; a row without valid tokens gives none. Rows are independent and scaling a row's entropies
-    leaves its opener unchanged.
-
-    Args:
-        student_entropy (`torch.Tensor`):
-            Student token entropies (nats, >= 0) of shape `(B, T)`; read without gradient.
-        mask (`torch.Tensor`):
-            Bool or 0/1 tensor of shape `(B, T)`: valid completion tokens.
-        ratio (`float` or `torch.Tensor`):
-            Opener ratio p in [0, 1], or a per-row tensor of shape `(B,)` (e.g. from [`adaptive_opener_ratio`]).
-
-    Returns:
-        `torch.Tensor`: Bool tensor of shape `(B, T)`.
-    """
-    valid_BT = mask.bool()
-    dtype = torch.promote_types(student_entropy.dtype, torch.float32)
-    entropy_BT = torch.where(valid_BT, student_entropy.detach().to(dtype), 0.0)
-    ratio = _row_ratio(ratio, "ratio", entropy_BT)
-    cumulative_BT = torch.cat([entropy_BT.new_zeros(entropy_BT.shape[0], 1), entropy_BT.cumsum(dim=-1)], dim=-1)
-    before_BT, total_B1 = cumulative_BT[:, :-1], cumulative_BT[:, -1:]  # entropy of the valid tokens before t
-    first_BT = valid_BT & (valid_BT.cumsum(dim=-1) == 1)
-    return valid_BT & ((before_BT < ratio * total_B1) | first_BT)
-
-
-def _top_fraction(score_BT: torch.Tensor, valid_BT: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Per row, the `max(1, ceil(ratio · L))` valid positions of highest score (ties: earlier first); none at 0."""
-    count_B1 = valid_BT.sum(dim=-1, keepdim=True).double()
-    keep_B1 = torch.ceil(count_B1 * ratio - _COUNT_SLACK).clamp_min(1.0 if ratio > 0 else 0.0)
-    key_BT = score_BT.detach().masked_fill(~valid_BT, -math.inf)
-    order_BT = key_BT.argsort(dim=-1, descending=True, stable=True)
-    positions_BT = torch.arange(score_BT.shape[-1], device=score_BT.device).expand_as(order_BT)
-    rank_BT = torch.empty_like(order_BT).scatter_(-1, order_BT, positions_BT)
-    return valid_BT & (rank_BT < keep_B1)
-
-
-def top_entropy_mask(
-    student_entropy: torch.Tensor, mask: torch.Tensor, ratio: float, *, scope: str = "sequence"
-) -> torch.Tensor:
-    """
-    The set I of Eq. (12): the top `ratio` fraction of valid tokens by student entropy.
-
-    `scope="sequence"` (default; Eq. 12 puts I inside the per-sample expectation) keeps `max(1, ceil(ratio · L_b))`
-    tokens of each row with `L_b` valid tokens; `scope="batch"` keeps `max(1, ceil(ratio · N))` of the `N` valid
-    tokens of the whole micro-batch (Wang et al. 2025, TRL GRPO). `ratio = 0` keeps none. Ties go to the earlier
-    position (row-major for `"batch"`); padding is never selected.
-
-    Args:
-        student_entropy (`torch.Tensor`):
-            Student token entropies of shape `(B, T)`; read without gradient.
-        mask (`torch.Tensor`):
-            Bool or 0/1 tensor of shape `(B, T)`: valid completion tokens.
-        ratio (`float`):
-            Selection ratio ρ in [0, 1].
-        scope (`str`, *optional*, defaults to `"sequence"`):
-            `"sequence"` or `"batch"`.
-
-    Returns:
-        `torch.Tensor`: Bool tensor of shape `(B, T)`.
-    """
-    _check_ratio("ratio", ratio)
-    _check_choice("scope", scope, ENTROPY_SCOPES)
-    valid_BT = mask.bool()
+def _entropy_coefficients(selected_BT: torch.Tensor, scope: str, dtype: torch.dtype) -> torch.Tensor:
+    """Per-token `c` with `L_ent = sum c · H` (Eq. 12): the mean over I per row, then over the rows with a selection;
+    `"batch"`: one mean over I. Zero off I."""
+    selected_BT = selected_BT.to(dtype)
     if scope == "batch":
-        return _top_fraction(student_entropy.reshape(1, -1), valid_BT.reshape(1, -1), ratio).reshape(valid_BT.shape)
-    return _top_fraction(student_entropy, valid_BT, ratio)
-
-
-def sample_entropy_gap(
-    student_entropy: torch.Tensor, teacher_entropy: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """
-    Difficulty `d = mean H_S - mean H_T` of each sample over its valid tokens (App. A.7); 0 for an empty row.
-
-    Args:
-        student_entropy (`torch.Tensor`):
-            Student token entropies of shape `(B, T)`.
-        teacher_entropy (`torch.Tensor`):
-            Teacher token entropies of shape `(B, T)`.
-        mask (`torch.Tensor`):
-            Bool or 0/1 tensor of shape `(B, T)`.
-
-    Returns:
-        `torch.Tensor`: Detached tensor of shape `(B,)`.
-    """
-    valid_BT = mask.bool()
-    gap_BT = torch.where(valid_BT, student_entropy.detach() - teacher_entropy.detach(), 0.0)
-    return gap_BT.sum(dim=-1) / valid_BT.sum(dim=-1).clamp_min(1)
-
-
-def _trailing_mean(values_H: torch.Tensor, window: int) -> torch.Tensor:
-    """Mean of each value and the `window - 1` before it (fewer at the start)."""
-    cumulative_H = torch.cat([values_H.new_zeros(1), values_H.cumsum(dim=0)])
-    index_H = torch.arange(1, values_H.shape[0] + 1, device=values_H.device)
-    start_H = (index_H - window).clamp_min(0)
-    return (cumulative_H[index_H] - cumulative_H[start_H]) / (index_H - start_H)
-
-
-def adaptive_opener_ratio(
-    gap: torch.Tensor,
-    gap_history: torch.Tensor | None = None,
-    *,
-    window: int = 5,
-    quantile_edges: Sequence[float] = (0.25, 0.5, 0.75),
-    ratios: Sequence[float] = (0.05, 0.10, 0.15, 0.20),
-) -> torch.Tensor:
-    """
-    Adaptive opener ratio p of App. A.7: a larger (smoothed) entropy gap gives a larger p.
-
-    The gaps `d` (from [`sample_entropy_gap`]) are appended to `gap_history` in order and smoothed by a trailing
-    mean over `window` samples. The mid-rank quantile of each new smoothed value among all smoothed values picks a
-    bin `(edge_{i-1}, edge_i]` and the bin's ratio. With no history a single sample sits at quantile 0.5, i.e. the
-    fixed p = 0.1 with the default bins. The paper's bins are lost; the defaults are placeholders (spec §8 item 11).
-    The caller keeps the history (append `gap` after the call) and bounds its length.
-
-    Args:
-        gap (`torch.Tensor`):
-            Gaps of the current samples, shape `(B,)`.
-        gap_history (`torch.Tensor` or `None`, *optional*, defaults to `None`):
-            Earlier gaps, oldest first, shape `(H,)`.
-        window (`int`, *optional*, defaults to `5`):
-            Moving-average window (paper: 5 samples).
-        quantile_edges (`Sequence[float]`, *optional*, defaults to `(0.25, 0.5, 0.75)`):
-            Increasing bin edges in (0, 1).
-        ratios (`Sequence[float]`, *optional*, defaults to `(0.05, 0.10, 0.15, 0.20)`):
-            One ratio per bin (`len(quantile_edges) + 1`), each in [0, 1].
-
-    Returns:
-        `torch.Tensor`: Per-sample opener ratio of shape `(B,)`, for [`opener_mask`] / [`tsd_kd_loss`].
-    """
-    if window < 1 or len(ratios) != len(quantile_edges) + 1 or list(quantile_edges) != sorted(quantile_edges):
-        raise ValueError(
-            f"Need window >= 1, increasing `quantile_edges` and one more ratio than edges; got "
-            f"window={window}, quantile_edges={quantile_edges}, ratios={ratios}."
-        )
-    for value in ratios:
-        _check_ratio("ratios", value)
-    gap = gap.detach().double()
-    history_H = gap.new_zeros(0) if gap_history is None else gap_history.detach().to(gap)
-    smooth_H = _trailing_mean(torch.cat([history_H, gap]), window)
-    current_B1 = smooth_H[history_H.shape[0] :].unsqueeze(-1)
-    quantile_B = ((smooth_H < current_B1).sum(-1) + 0.5 * (smooth_H == current_B1).sum(-1)) / smooth_H.shape[0]
-    bin_B = torch.bucketize(quantile_B, torch.tensor(quantile_edges, dtype=gap.dtype, device=gap.device))
-    return torch.tensor(ratios, dtype=torch.float32, device=gap.device)[bin_B]
+        return selected_BT / selected_BT.sum().clamp_min(1)
+    rows = (selected_BT.sum(dim=-1) > 0).sum().clamp_min(1)
+    return selected_BT / selected_BT.sum(dim=-1, keepdim=True).clamp_min(1) / rows
 
 
 def _selective_entropy(entropy_BT: torch.Tensor, selected_BT: torch.Tensor, scope: str) -> torch.Tensor:
-    """Eq. (12): mean entropy over I per row, then over rows with a selection (`"batch"`: one mean over I)."""
-    if scope == "batch":
-        return masked_mean(entropy_BT, selected_BT)
-    row_sum_B = torch.where(selected_BT, entropy_BT, 0.0).sum(dim=-1)
-    row_mean_B = row_sum_B / selected_BT.sum(dim=-1).clamp_min(1)
-    return masked_mean(row_mean_B, selected_BT.any(dim=-1))
-
-
-def _code_columns(valid_BT: torch.Tensor) -> torch.Tensor:
-    """1-based column index inside the code's tensor, which starts at the batch's first valid column; 0 before it."""
-    return (valid_BT.any(dim=0).cumsum(dim=0) > 0).cumsum(dim=0).expand_as(valid_BT)
-
-
-def _reference_opener_mask(entropy_BT: torch.Tensor, valid_BT: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Released code (D2): one cut `d` over the flattened valid tokens, then the code's columns `[:, :d]`."""
-    flat_N = entropy_BT.detach()[valid_BT]
-    if flat_N.numel() == 0:
-        return torch.zeros_like(valid_BT)
-    crossed_N = (flat_N / flat_N.sum()).cumsum(dim=0) >= ratio
-    cut = crossed_N.int().argmax()  # first crossing index, excluded by the slice [:, :d]; 0 if never crossed
-    return valid_BT & (_code_columns(valid_BT) <= cut)
-
-
-def _reference_entropy_mask(entropy_BT: torch.Tensor, valid_BT: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Released code (D4): entropy >= the `ratio`-quantile of valid entropies, in all code columns (padding too)."""
-    flat_N = entropy_BT.detach()[valid_BT]
-    if flat_N.numel() == 0:
-        return torch.zeros_like(valid_BT)
-    return (_code_columns(valid_BT) > 0) & (entropy_BT.detach() >= torch.quantile(flat_N, ratio))
+    """Eq. (12) from the per-token coefficients of `_entropy_coefficients`."""
+    coefficients_BT = _entropy_coefficients(selected_BT, scope, entropy_BT.dtype)
+    return (torch.where(selected_BT, entropy_BT, 0.0) * coefficients_BT).sum()
 
 
 @dataclass
@@ -345,19 +171,6 @@ def _direct_per_token(student_logits, teacher_logits, beta, temperature, referen
     """Per-token generalized JSD; the released code's β ∈ {0, 1} gives 0 (its mixture collapses, D6)."""
     jsd_BT = generalized_jsd(student_logits, teacher_logits.detach(), beta=beta, temperature=temperature)
     return jsd_BT * 0.0 if reference_code_compat and beta in (0.0, 1.0) else jsd_BT
-
-
-def _selections(student_entropy_BT, valid_BT, opener_ratio, entropy_ratio, entropy_scope, reference_code_compat):
-    """(opener, entropy set I) in paper mode or as the released code computes them (D2, D4)."""
-    if reference_code_compat:
-        return (
-            _reference_opener_mask(student_entropy_BT, valid_BT, opener_ratio),
-            _reference_entropy_mask(student_entropy_BT, valid_BT, entropy_ratio),
-        )
-    return (
-        opener_mask(student_entropy_BT, valid_BT, opener_ratio),
-        top_entropy_mask(student_entropy_BT, valid_BT, entropy_ratio, scope=entropy_scope),
-    )
 
 
 def tsd_kd_loss(
@@ -474,3 +287,101 @@ def _output(loss, direct, indirect, entropy_term, gate_BT, opener_BT, selected_B
         opener_frac=opener_BT.sum() / count,
         entropy_frac=selected_BT.sum() / count,
     )
+
+
+def tsd_kd_loss_chunked(
+    student_hidden: torch.Tensor,
+    student_lm_head: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_lm_head: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float = 0.9,
+    top_k: int = 10,
+    opener_ratio: float | torch.Tensor = 0.1,
+    entropy_ratio: float = 0.1,
+    indirect_coef: float = 0.1,
+    entropy_coef: float = 1.0,
+    tau: float = 1.0,
+    use_gate: bool = True,
+    entropy_scope: str = "sequence",
+    temperature: float = 1.0,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    num_processes: int = 1,
+    chunk_size: int | None = None,
+    vocab_size: int | None = None,
+) -> TSDKDOutput:
+    """
+    [`tsd_kd_loss`] from hidden states and LM heads, without the `[B, T, V]` logits of either model.
+
+    Three passes, each chunked over tokens: (1) both models' token entropies, without gradient, for the gate, the
+    opener and the entropy set; (2) the gated JSD plus the selective entropy as one fused [`chunked_distill_loss`]
+    (`token_weights` = gate over the token count, `entropy_weights` = γ times the coefficients of Eq. 12); (3) the
+    Plackett-Luce term on the opener rows only (about `opener_ratio` of the tokens), whose logits are formed
+    directly. Same value and gradient as [`tsd_kd_loss`] on `hidden @ lm_head.T`; `direct` and `entropy` of the
+    output are detached here (the fused pass returns their sum). The released code's variant is not offered: use
+    [`tsd_kd_loss`] for `reference_code_compat`.
+
+    Args:
+        student_hidden (`torch.Tensor`):
+            Student final hidden states of shape `(B, T, H)`, causally shifted onto the completion tokens.
+        student_lm_head (`torch.Tensor`):
+            Student output embedding of shape `(V_s, H)`.
+        teacher_hidden (`torch.Tensor`):
+            Teacher final hidden states of shape `(B, T, H')`; receives no gradient.
+        teacher_lm_head (`torch.Tensor`):
+            Teacher output embedding of shape `(V_t, H')`.
+        mask (`torch.Tensor`):
+            Bool or 0/1 tensor of shape `(B, T)`: valid completion tokens.
+        chunk_size (`int` or `None`, *optional*, defaults to `None`):
+            Tokens per chunk, see [`chunked_distill_loss`].
+        vocab_size (`int` or `None`, *optional*, defaults to `None`):
+            The tokenizer's length: both heads are sliced to their first `vocab_size` rows.
+        **others**: as in [`tsd_kd_loss`].
+
+    Returns:
+        [`TSDKDOutput`]: The loss (float32, or float64 for float64 inputs) and its terms.
+    """
+    if student_hidden.dim() != 3 or teacher_hidden.shape[:2] != student_hidden.shape[:2] or (
+        mask.shape != student_hidden.shape[:2]
+    ):
+        raise ValueError(
+            f"Expected student and teacher hidden states (B, T, H), (B, T, H') and a (B, T) mask; got "
+            f"{tuple(student_hidden.shape)}, {tuple(teacher_hidden.shape)} and {tuple(mask.shape)}."
+        )
+    valid_BT, shape = mask.bool(), mask.shape
+    heads = {"temperature": temperature, "chunk_size": chunk_size, "vocab_size": vocab_size}
+    heads["mask"] = valid_BT.flatten()
+    student_NH, teacher_NH = student_hidden.flatten(0, 1), teacher_hidden.detach().flatten(0, 1)
+    student_entropy_BT = chunked_entropy(student_NH.detach(), student_lm_head.detach(), **heads).view(shape)
+    teacher_entropy_BT = chunked_entropy(teacher_NH, teacher_lm_head.detach(), **heads).view(shape)
+    gate_BT = entropy_gap_gate(student_entropy_BT, teacher_entropy_BT, tau) if use_gate else None
+    opener_BT, selected_BT = _selections(
+        student_entropy_BT, valid_BT, opener_ratio, entropy_ratio, entropy_scope, reference_code_compat=False
+    )
+    dtype = student_entropy_BT.dtype
+    if num_items_in_batch is None:
+        per_token = 1.0 / valid_BT.sum().clamp_min(1).to(dtype)
+    else:
+        per_token = num_processes / torch.as_tensor(num_items_in_batch, device=mask.device).clamp_min(1).to(dtype)
+    share = valid_BT.sum() * per_token
+    gate_weights_BT = valid_BT.to(dtype) if gate_BT is None else torch.where(valid_BT, gate_BT, 0.0)
+    entropy_weights_BT = entropy_coef * share * _entropy_coefficients(selected_BT, entropy_scope, dtype)
+    fused = chunked_distill_loss(
+        student_NH, student_lm_head, teacher_NH, teacher_lm_head, (gate_weights_BT * per_token).flatten(),
+        divergence="generalized_jsd", beta=beta, temperature=temperature, mask=valid_BT.flatten(),
+        entropy_weights=entropy_weights_BT.flatten(), chunk_size=chunk_size, vocab_size=vocab_size,
+    )  # Eq. (11) + γ · Eq. (12)
+    entropy_term = share * (_entropy_coefficients(selected_BT, entropy_scope, dtype) * student_entropy_BT).sum()
+    vocab = vocab_size if vocab_size is not None else student_lm_head.shape[0]
+    opener_NH = student_NH[opener_BT.flatten()]
+    pl_N = plackett_luce_loss(
+        opener_NH.to(dtype) @ student_lm_head[:vocab].to(dtype).t() / temperature,
+        teacher_NH[opener_BT.flatten()].to(dtype) @ teacher_lm_head.detach()[:vocab].to(dtype).t(),
+        top_k,
+    )  # Eqs. (4)-(5), on the opener rows only
+    indirect = masked_mean(pl_N, torch.ones_like(pl_N)) * share
+    loss = fused + indirect_coef * indirect  # Eq. (13)
+    direct = fused.detach() - entropy_coef * entropy_term
+    return _output(loss, direct, indirect, entropy_term, gate_BT, opener_BT, selected_BT, valid_BT)
+

@@ -5,7 +5,9 @@ https://huggingface.co/papers/2603.13260
 
     L = L_direct + γ · L_ent + α · L_indirect        (Eq. 13)
 
-Only `compute_loss` changes: both models run on the sampled responses and `tsd_kd_loss` does the maths. Unlike the
+Only `compute_loss` changes: both models run on the sampled responses, and `tsd_kd_loss_chunked` (from the last
+hidden states, the default) or `tsd_kd_loss` (full logits: `loss_chunk_size=0`, or `reference_code_compat`) does the
+maths. Unlike the
 authors' trainer (a copy of TRL 0.21's `GKDTrainer`), the loss is normalised over the global batch's loss tokens
 after generation (`num_items_in_batch`), so accumulation and DDP give the per-token mean of one large batch.
 """
@@ -15,10 +17,12 @@ from collections import deque
 
 import torch
 
+from ..chunked import chunked_entropy
 from ..divergence import entropy
-from ..kd_trainer import KDTrainer
+from ..kd_trainer import KDTrainer, last_hidden_state
 from .config import TSDKDConfig
-from .loss import adaptive_opener_ratio, sample_entropy_gap, tsd_kd_loss
+from .loss import TSDKDOutput, tsd_kd_loss, tsd_kd_loss_chunked
+from .selection import adaptive_opener_ratio, sample_entropy_gap
 
 
 class TSDKDTrainer(KDTrainer):
@@ -50,31 +54,55 @@ class TSDKDTrainer(KDTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-        student_logits_BTV = model(**model_inputs).logits[:, :-1, : self.vocab_size]
-        self.teacher_model.eval()
-        with torch.no_grad():
-            teacher_logits_BTV = self.teacher_model(**model_inputs).logits[:, :-1, : self.vocab_size]
         mask_BT = inputs["labels"][:, 1:] != -100  # causal shift of GKD: no prompt-width slicing
+        self.teacher_model.eval()
         args = self.args
-        out = tsd_kd_loss(
-            student_logits_BTV, teacher_logits_BTV, mask_BT, beta=self.beta, top_k=args.top_k,
-            opener_ratio=self._opener_ratio(student_logits_BTV, teacher_logits_BTV, mask_BT),
-            entropy_ratio=args.entropy_ratio, indirect_coef=args.indirect_coef, entropy_coef=args.entropy_coef,
-            tau=args.tau, use_gate=args.use_gate, entropy_scope=args.entropy_scope, temperature=self.temperature,
-            reference_code_compat=args.reference_code_compat, num_items_in_batch=num_items_in_batch,
-            num_processes=self.accelerator.num_processes,
-        )
+        terms = {
+            "beta": self.beta, "top_k": args.top_k, "entropy_ratio": args.entropy_ratio,
+            "indirect_coef": args.indirect_coef, "entropy_coef": args.entropy_coef, "tau": args.tau,
+            "use_gate": args.use_gate, "entropy_scope": args.entropy_scope, "temperature": self.temperature,
+            "num_items_in_batch": num_items_in_batch, "num_processes": self.accelerator.num_processes,
+        }
+        if args.loss_chunk_size == 0 or args.reference_code_compat:
+            out = self._logits_loss(model, model_inputs, mask_BT, terms)
+        else:
+            out = self._chunked_loss(model, model_inputs, mask_BT, terms)
         self._log_terms(out.metrics, mask_BT, num_items_in_batch)
         return (out.loss, {}) if return_outputs else out.loss
 
-    def _opener_ratio(self, student_logits_BTV, teacher_logits_BTV, mask_BT) -> float | torch.Tensor:
-        """The fixed `opener_ratio`, or per-row ratios from the smoothed entropy gap (App. A.7); training rows with
-        tokens extend `gap_history` (per process, as the authors' statistics are per device)."""
+    def _logits_loss(self, model, model_inputs: dict, mask_BT: torch.Tensor, terms: dict) -> TSDKDOutput:
+        """`tsd_kd_loss` on both models' full `(B, T, V)` logits (`loss_chunk_size=0`, or the released code's loss)."""
+        student_logits_BTV = model(**model_inputs).logits[:, :-1, : self.vocab_size]
+        with torch.no_grad():
+            teacher_logits_BTV = self.teacher_model(**model_inputs).logits[:, :-1, : self.vocab_size]
+        ratio = self._opener_ratio(lambda: (entropy(student_logits_BTV, self.temperature),
+                                            entropy(teacher_logits_BTV, self.temperature)), mask_BT)
+        return tsd_kd_loss(student_logits_BTV, teacher_logits_BTV, mask_BT, opener_ratio=ratio,
+                           reference_code_compat=self.args.reference_code_compat, **terms)
+
+    def _chunked_loss(self, model, model_inputs: dict, mask_BT: torch.Tensor, terms: dict) -> TSDKDOutput:
+        """`tsd_kd_loss_chunked` from the last hidden states: neither model's logits are built."""
+        student_BTH = last_hidden_state(model, model_inputs)
+        with torch.no_grad():
+            teacher_BTH = last_hidden_state(self.teacher_model, model_inputs)
+        student_VH, teacher_VH = self.output_weight(model), self.output_weight(self.teacher_model)
+        heads = {"temperature": self.temperature, "mask": mask_BT.flatten(), "vocab_size": self.vocab_size,
+                 "chunk_size": self.args.loss_chunk_size if self.args.loss_chunk_size > 0 else None}
+        ratio = self._opener_ratio(lambda: (
+            chunked_entropy(student_BTH.detach().flatten(0, 1), student_VH.detach(), **heads).view(mask_BT.shape),
+            chunked_entropy(teacher_BTH.flatten(0, 1), teacher_VH.detach(), **heads).view(mask_BT.shape),
+        ), mask_BT)
+        return tsd_kd_loss_chunked(student_BTH, student_VH, teacher_BTH, teacher_VH, mask_BT, opener_ratio=ratio,
+                                   chunk_size=heads["chunk_size"], vocab_size=self.vocab_size, **terms)
+
+    def _opener_ratio(self, entropies, mask_BT: torch.Tensor) -> float | torch.Tensor:
+        """The fixed `opener_ratio`, or per-row ratios from the smoothed entropy gap (App. A.7), with `entropies()`
+        giving the detached student and teacher token entropies `(B, T)`. Training rows with tokens extend
+        `gap_history` (per process, as the authors' statistics are per device)."""
         if not self.args.adaptive_opener:
             return self.args.opener_ratio
         with torch.no_grad():
-            gap_B = sample_entropy_gap(entropy(student_logits_BTV, self.temperature),
-                                       entropy(teacher_logits_BTV, self.temperature), mask_BT)
+            gap_B = sample_entropy_gap(*entropies(), mask_BT)
         history_H = torch.tensor(list(self.gap_history), dtype=torch.float64) if self.gap_history else None
         ratio_B = adaptive_opener_ratio(gap_B, history_H, window=self.args.adaptive_window)
         if self.model.training:

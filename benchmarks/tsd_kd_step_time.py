@@ -1,0 +1,136 @@
+"""Loss step time of TSD-KD against GKD on one shared batch: `compute_loss` + backward of each trainer.
+
+Both trainers get the same student, teacher and batch (prompt + completion tokens, as after on-policy sampling), so
+only the loss differs: `KDTrainer` with GKD's generalized JSD (beta 0.9) against `TSDKDTrainer` with the paper's
+settings (gate, top-10 Plackett-Luce on the opener, top-10 % entropy). The models are random Qwen2 models with the
+real vocabulary (151,936 rows, padded to 152,064 for the teacher) and small bodies, built from their config classes,
+so that the LM-head work, which is what TSD-KD adds to, has its real size. Each loss path is timed: the default
+chunked loss from hidden states, and full logits (`loss_chunk_size=0`). Rollout generation, the same for both
+methods, is left out: the ratio below is the upper bound of the ratio of whole training steps.
+
+    python benchmarks/tsd_kd_step_time.py                # CPU, B=2, T=512, 1 thread: about 5 minutes
+    python benchmarks/tsd_kd_step_time.py --vocab 512 --hidden 32 --seq 32 --repeats 1   # smoke run
+
+Writes `<out-dir>/tsd_kd_step_time.csv` (one row per trainer and loss path, with the ratio to GKD's).
+"""
+
+import argparse
+import csv
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIELDS = ("method", "loss_path", "batch", "seq", "vocab", "student_hidden", "teacher_hidden", "time_ms",
+          "ratio_to_gkd", "repeats", "threads", "device")  # fmt: skip
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=512, help="tokens per row; the last 3/4 are the completion")
+    parser.add_argument("--vocab", type=int, default=151936, help="student vocabulary (Qwen2.5's by default)")
+    parser.add_argument("--hidden", type=int, default=256, help="student hidden size; the teacher's is twice it")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps after one warm-up (median reported)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"))
+    return parser.parse_args(argv)
+
+
+def qwen2(vocab: int, hidden: int, layers: int):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         tie_word_embeddings=False, attn_implementation="sdpa")
+    torch.manual_seed(hidden)
+    return Qwen2ForCausalLM(config)
+
+
+def shared_batch(args, device):
+    """Token ids, attention mask and labels of `batch` rows: a 1/4 prompt (label -100) and a 3/4 completion."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=generator)
+    labels = input_ids.clone()
+    labels[:, : args.seq // 4] = -100
+    return {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),
+            "labels": labels.to(device)}
+
+
+def build_trainer(method: str, chunk: int, student, teacher, tokenizer, out: str, device: str):
+    from datasets import Dataset
+
+    from trl_reasoning_distill import KDConfig, KDTrainer, TSDKDConfig, TSDKDTrainer
+
+    config_cls, trainer_cls = (KDConfig, KDTrainer) if method == "GKD" else (TSDKDConfig, TSDKDTrainer)
+    args = config_cls(output_dir=out, beta=0.9, lmbda=1.0, loss_chunk_size=chunk, use_cpu=device == "cpu",
+                      bf16=False, report_to="none", save_strategy="no", activation_checkpointing=False)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": "1+1"}]}])
+    return trainer_cls(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tokenizer)
+
+
+def time_loss(trainer, batch, repeats: int, device: str) -> float:
+    """Median milliseconds of `compute_loss` + backward after one warm-up call."""
+    import torch
+
+    times = []
+    for step in range(repeats + 1):
+        trainer.model.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=(batch["labels"][:, 1:] != -100).sum())
+        loss.backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if step > 0:
+            times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+    import transformers
+
+    from trl_reasoning_distill.toy import load_toy_tokenizer
+    from trl_reasoning_distill.utils import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+    tokenizer = load_toy_tokenizer()  # only for the trainers' collators; the batch below is built directly
+    student = qwen2(args.vocab, args.hidden, args.layers).to(args.device)
+    teacher = qwen2(args.vocab + 128, 2 * args.hidden, args.layers).to(args.device)
+    batch = shared_batch(args, args.device)
+    rows = []
+    for loss_path, chunk in (("chunked (default)", -1), ("full logits", 0)):
+        times = {}
+        for method in ("GKD", "TSD-KD"):
+            with tempfile.TemporaryDirectory() as out:
+                trainer = build_trainer(method, chunk, student, teacher, tokenizer, out, args.device)
+                trainer.vocab_size = args.vocab  # the random models' shared rows, not the toy tokenizer's
+                times[method] = time_loss(trainer, batch, args.repeats, args.device)
+        for method, ms in times.items():
+            rows.append({"method": method, "loss_path": loss_path, "batch": args.batch, "seq": args.seq,
+                         "vocab": args.vocab, "student_hidden": args.hidden, "teacher_hidden": 2 * args.hidden,
+                         "time_ms": round(ms, 1), "ratio_to_gkd": round(ms / times["GKD"], 3),
+                         "repeats": args.repeats, "threads": args.threads, "device": args.device})
+            print(f"{method:<7} {loss_path:<18} {ms:9.1f} ms  {ms / times['GKD']:.2f}x GKD", flush=True)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "tsd_kd_step_time.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Smoke tests of the TSD-KD benchmarks on tiny sizes, so that the scripts cannot rot."""
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_time_on_tiny_models(tmp_path):
+    argv = ["--vocab", "300", "--hidden", "16", "--seq", "24", "--repeats", "1", "--out-dir", str(tmp_path)]
+    load("tsd_kd_step_time").main(argv)
+    with (tmp_path / "tsd_kd_step_time.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["method"], row["loss_path"]) for row in rows] == [
+        ("GKD", "chunked (default)"), ("TSD-KD", "chunked (default)"), ("GKD", "full logits"),
+        ("TSD-KD", "full logits"),
+    ]
+    assert all(float(row["time_ms"]) > 0 for row in rows)
+    assert [float(row["ratio_to_gkd"]) for row in rows[::2]] == [1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_toy_study_resumes_and_tabulates(tmp_path):
+    module = load("tsd_kd_toy")
+    out = tmp_path / "study.csv"
+    argv = ["--seeds", "0", "--steps", "2", "--n_test", "4", "--out", str(out), "--variants", "TSD-KD, toy-scaled"]
+    module.main(argv)
+    module.main(argv)  # finished runs are not redone
+    rows = list(csv.DictReader(out.open()))
+    assert [row["variant"] for row in rows] == ["student (cold start)", "TSD-KD, toy-scaled"]
+    assert "| TSD-KD, toy-scaled | 1 |" in module.table(out)
