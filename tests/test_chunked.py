@@ -4,7 +4,7 @@ reference written here from its definition. Sizes are tiny and odd so that chunk
 import pytest
 import torch
 
-from trl_reasoning_distill.chunked import chunked_distill_loss, chunked_distill_loss_topk, chunked_entropy
+from trl_reasoning_distill.chunked import chunked_distill_loss, chunked_distill_loss_topk, chunked_topk
 from trl_reasoning_distill.divergence import DIVERGENCES, entropy, per_token_divergence
 
 N, H, H_T, V = 13, 8, 6, 11
@@ -363,18 +363,44 @@ def test_topk_invalid_arguments_raise():
 
 
 @pytest.mark.parametrize("chunk_size", [None, 1, 3])
-def test_chunked_entropy_matches_divergence_py(chunk_size):
+def test_chunked_topk_matches_torch_topk(chunk_size):
     hidden_NH, head_VH = torch.randn(7, 5, dtype=torch.float64), torch.randn(11, 5, dtype=torch.float64)
-    mask_N = torch.tensor([True, False, True, True, False, True, True])
-    out_N = chunked_entropy(hidden_NH, head_VH, temperature=1.5, mask=mask_N, chunk_size=chunk_size, vocab_size=9)
-    expected_N = entropy(hidden_NH @ head_VH[:9].T, temperature=1.5) * mask_N
-    torch.testing.assert_close(out_N, expected_N)
-    assert not out_N.requires_grad
+    ids_NK = chunked_topk(hidden_NH, head_VH, 4, chunk_size=chunk_size, vocab_size=9)
+    torch.testing.assert_close(ids_NK, (hidden_NH @ head_VH[:9].T).topk(4, dim=-1).indices)
 
 
-def test_chunked_entropy_checks_its_arguments():
+def test_chunked_topk_checks_its_arguments():
     with pytest.raises(ValueError, match="hidden"):
-        chunked_entropy(torch.randn(3, 4), torch.randn(5, 3))
-    with pytest.raises(ValueError, match="mask"):
-        chunked_entropy(torch.randn(3, 4), torch.randn(5, 4), mask=torch.ones(2, dtype=torch.bool))
+        chunked_topk(torch.randn(3, 4), torch.randn(5, 3), 2)
+    with pytest.raises(ValueError, match="`k`"):
+        chunked_topk(torch.randn(3, 4), torch.randn(5, 4), 6)
 
+
+@pytest.mark.parametrize("divergence, beta", [("generalized_jsd", 0.9), ("generalized_jsd", 0.0), ("reverse_kl", 0.5)])
+@pytest.mark.parametrize("tau", [1.0, 0.3])
+def test_gate_scales_each_divergence_by_the_entropy_gap(divergence, beta, tau):
+    inputs = _inputs(dtype=torch.float64)
+    student_NH, student_VH, teacher_NH, teacher_VH = inputs[:4]
+    weights_N = torch.rand(N, dtype=torch.float64)
+    entropy_weights_N = torch.randn(N, dtype=torch.float64)
+    loss, entropies_N2 = chunked_distill_loss(
+        student_NH, student_VH, teacher_NH, teacher_VH, weights_N, divergence=divergence, beta=beta, temperature=1.3,
+        entropy_weights=entropy_weights_N, return_entropy=True, gate_tau=tau, chunk_size=3,
+    )
+    student_NV, teacher_NV = student_NH @ student_VH.T, teacher_NH @ teacher_VH.T
+    h_student, h_teacher = entropy(student_NV, 1.3), entropy(teacher_NV, 1.3)
+    gate_N = torch.sigmoid((h_student - h_teacher).detach() / tau)
+    values_N = per_token_divergence(divergence, student_NV, teacher_NV, beta=beta, temperature=1.3)
+    expected = (weights_N * gate_N * values_N).sum() + (entropy_weights_N * h_student).sum()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(entropies_N2, torch.stack([h_student, h_teacher], dim=-1).detach())
+    for actual, grad in zip(_grads(loss, [student_NH, student_VH]), _grads(expected, [student_NH, student_VH])):
+        torch.testing.assert_close(actual, grad)
+
+
+def test_gate_needs_a_positive_tau_and_the_sum():
+    student_NH, student_VH, teacher_NH, teacher_VH = _inputs()[:4]
+    with pytest.raises(ValueError, match="gate_tau"):
+        chunked_distill_loss(student_NH, student_VH, teacher_NH, teacher_VH, gate_tau=0.0)
+    with pytest.raises(ValueError, match="gate_tau"):
+        chunked_distill_loss(student_NH, student_VH, teacher_NH, teacher_VH, gate_tau=1.0, reduction="none")

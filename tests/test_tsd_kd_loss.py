@@ -447,10 +447,16 @@ def _hidden_inputs(B=3, T=9, H=6, H_t=5, V_s=15, V_t=13, dtype=F64):
         {"beta": 1.0, "num_items_in_batch": 40, "num_processes": 2, "top_k": 2},
         {"opener_ratio": torch.tensor([0.05, 0.5, 1.0]), "chunk_size": 4},
         {"chunk_size": 1, "entropy_coef": 0.3, "indirect_coef": 2.0},
+        {"opener_ratio": "adaptive"},
     ],
 )
 def test_chunked_loss_equals_the_logits_loss(options):
     student_BTH, student_VH, teacher_BTH, teacher_VH, mask_BT, vocab = _hidden_inputs()
+    if options.get("opener_ratio") == "adaptive":  # a function of the loss's own entropies (App. A.7)
+        history_H = torch.tensor([0.1, -0.3, 0.8, 0.2], dtype=F64)
+        options["opener_ratio"] = lambda student_BT, teacher_BT: adaptive_opener_ratio(
+            sample_entropy_gap(student_BT, teacher_BT, mask_BT), history_H
+        )
     chunk = {"chunk_size": options.pop("chunk_size", None)}
     chunked = tsd_kd_loss_chunked(
         student_BTH, student_VH, teacher_BTH, teacher_VH, mask_BT, vocab_size=vocab, **chunk, **options

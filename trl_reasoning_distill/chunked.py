@@ -49,6 +49,7 @@ class _Spec:
     chunk_size: int
     dtype: torch.dtype
     with_entropy: bool
+    gate_tau: float | None = None
 
 
 class _Workspace:
@@ -222,7 +223,8 @@ def _chunk_loop(student_hidden_RH, student_head_VH, chunk_fn, coef_R, entropy_co
     num_rows, dtype = student_hidden_RH.shape[0], spec.dtype
     vocab_head_VH = _matmul_head(student_head_VH[: spec.vocab_size], student_hidden_RH, dtype)
     value_R = student_hidden_RH.new_zeros(num_rows, dtype=dtype)
-    entropy_R = value_R.clone() if spec.with_entropy else None
+    entropy_shape = (num_rows, 2) if spec.gate_tau is not None else (num_rows,)  # gated: student and teacher
+    entropy_R = value_R.new_zeros(entropy_shape) if spec.with_entropy else None
     grad_hidden_RH = torch.zeros_like(student_hidden_RH, dtype=dtype) if need_hidden else None
     grad_head_VH = torch.zeros_like(student_head_VH, dtype=dtype) if need_head else None
     workspace = _Workspace(min(spec.chunk_size, num_rows), spec.vocab_size, dtype, student_hidden_RH.device)
@@ -251,11 +253,19 @@ def _dense_chunk(teacher_hidden_RH, teacher_head_VH, spec, rows, logits_CV, work
     _log_softmax_(logits_CV, q_CV)
     _log_softmax_(teacher_CV, p_CV)
     entropy_C = -_rowdot(q_CV, logits_CV) if spec.with_entropy else None
+    entropies_C = entropy_C
+    if spec.gate_tau is not None:  # the detached gate σ((H_s - H_t) / τ) scales the token's divergence (TSD-KD Eq. 11)
+        teacher_entropy_C = -_rowdot(p_CV, teacher_CV)
+        gate_C = torch.sigmoid((entropy_C - teacher_entropy_C) / spec.gate_tau)
+        coef_C = None if coef_C is None else coef_C * gate_C
+        entropies_C = torch.stack([entropy_C, teacher_entropy_C], dim=-1)
     value_C, a_CV, a_scale, a_sum_C = _TERMS[spec.divergence](logits_CV, q_CV, teacher_CV, p_CV, spec)
+    if spec.gate_tau is not None:
+        value_C = value_C * gate_C
     if coef_C is None:
-        return value_C, entropy_C, None
+        return value_C, entropies_C, None
     grad_CV = _dense_logit_grad_(a_CV, a_scale, a_sum_C, q_CV, coef_C, entropy_coef_C, entropy_C, teacher_CV)
-    return value_C, entropy_C, grad_CV
+    return value_C, entropies_C, grad_CV
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -328,6 +338,11 @@ def _scaled(grad: torch.Tensor | None, dtype: torch.dtype, scale: torch.Tensor) 
     return None if grad is None else (grad * scale).to(dtype)
 
 
+def _student_column(entropy_R: torch.Tensor) -> torch.Tensor:
+    """The student's entropies `[R]` of an entropy output, `[R]` or `[R, 2]` (student, teacher) when gated."""
+    return entropy_R if entropy_R.dim() == 1 else entropy_R[:, 0]
+
+
 class _WeightedSum(torch.autograd.Function):
     """`sum_r w_r d_r + sum_r e_r H_r`; the gradient is computed in the forward pass, the backward only scales it."""
 
@@ -343,7 +358,7 @@ class _WeightedSum(torch.autograd.Function):
         )
         loss = (weights_R * value_R).sum()
         if entropy_weights_R is not None:
-            loss = loss + (entropy_weights_R * entropy_R).sum()
+            loss = loss + (entropy_weights_R * _student_column(entropy_R)).sum()
         entropy_R = value_R.new_zeros(0) if entropy_R is None else entropy_R
         ctx.save_for_backward(grad_hidden_RH, grad_head_VH, value_R, entropy_R)
         ctx.dtypes = student_hidden_RH.dtype, student_head_VH.dtype
@@ -356,7 +371,7 @@ class _WeightedSum(torch.autograd.Function):
         grad_hidden_RH, grad_head_VH, value_R, entropy_R = ctx.saved_tensors
         hidden_dtype, head_dtype = ctx.dtypes
         grad_weights_R = grad_loss * value_R if ctx.needs_input_grad[2] else None
-        grad_entropy_weights_R = grad_loss * entropy_R if ctx.needs_input_grad[3] else None
+        grad_entropy_weights_R = grad_loss * _student_column(entropy_R) if ctx.needs_input_grad[3] else None
         return (
             _scaled(grad_hidden_RH, hidden_dtype, grad_loss),
             _scaled(grad_head_VH, head_dtype, grad_loss),
@@ -461,7 +476,7 @@ def _computed_rows(num_rows, device, mask, token_weights, entropy_weights, retur
 
 def _scatter(values_R: torch.Tensor, index_R: torch.Tensor, num_rows: int) -> torch.Tensor:
     """Per-token values back on all `num_rows` rows, 0 on the rows that were not computed (differentiable)."""
-    return values_R.new_zeros(num_rows).index_copy(0, index_R, values_R)
+    return values_R.new_zeros((num_rows, *values_R.shape[1:])).index_copy(0, index_R, values_R)
 
 
 def _reduce(student_hidden, student_lm_head, index_R, chunk_fn, spec, token_weights, entropy_weights, reduction):
@@ -480,11 +495,14 @@ def _reduce(student_hidden, student_lm_head, index_R, chunk_fn, spec, token_weig
     return _scatter(losses_R, index_R, num_rows), entropy_N
 
 
-def _make_spec(student_hidden, divergence, beta, alpha, temperature, vocab, chunk_size, with_entropy) -> _Spec:
+def _make_spec(
+    student_hidden, divergence, beta, alpha, temperature, vocab, chunk_size, with_entropy, gate_tau=None
+) -> _Spec:
     """Settings of one call; the compute dtype is float64 for float64 inputs, float32 otherwise."""
     dtype = torch.float64 if student_hidden.dtype == torch.float64 else torch.float32
     chunk = chunk_size if chunk_size is not None else max(1, _BUFFER_ELEMENTS // vocab)
-    return _Spec(divergence, beta, alpha, temperature, vocab, chunk, dtype, with_entropy)
+    return _Spec(divergence, beta, alpha, temperature, vocab, chunk, dtype, with_entropy or gate_tau is not None,
+                 gate_tau)
 
 
 def _outputs(loss: torch.Tensor, entropy_N: torch.Tensor | None, return_entropy: bool):
@@ -508,6 +526,7 @@ def chunked_distill_loss(
     reduction: str = "sum",
     chunk_size: int | None = None,
     vocab_size: int | None = None,
+    gate_tau: float | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """
     Per-token distillation divergence computed from hidden states and LM heads, `chunk_size` tokens at a time.
@@ -554,6 +573,10 @@ def chunked_distill_loss(
         vocab_size (`int` or `None`, *optional*, defaults to `None`):
             The tokenizer's length: both heads are sliced to their first `vocab_size` rows (padded embedding rows are
             dropped). `None` requires `V_s == V_t`.
+        gate_tau (`float` or `None`, *optional*, defaults to `None`):
+            Scale each token's divergence by the detached entropy-gap gate `σ((H_s - H_t) / gate_tau)` formed in its
+            chunk from both distributions (TSD-KD Eq. 11), i.e. `d_i` becomes `σ_i d_i`; `reduction="sum"` only. The
+            returned entropy is then `[N, 2]`: the student's and the teacher's.
 
     Returns:
         `torch.Tensor` (float32; float64 for float64 inputs), or a tuple `(loss, entropy)` with `return_entropy=True`.
@@ -561,6 +584,8 @@ def chunked_distill_loss(
     per_token = {"teacher_hidden": teacher_hidden, "token_weights": token_weights, "mask": mask}
     _check_arguments(student_hidden, student_lm_head, per_token, entropy_weights, divergence, beta, alpha)
     _check_settings(temperature, reduction, chunk_size, entropy_weights)
+    if gate_tau is not None and not (gate_tau > 0 and reduction == "sum"):
+        raise ValueError(f"`gate_tau` must be > 0 and needs reduction='sum'; got {gate_tau} and {reduction!r}.")
     if teacher_hidden.dim() != 2 or teacher_lm_head.dim() != 2 or teacher_hidden.shape[1] != teacher_lm_head.shape[1]:
         raise ValueError(
             f"Expected teacher_hidden [N, H'] and teacher_lm_head [V, H'], got {tuple(teacher_hidden.shape)} and "
@@ -568,7 +593,7 @@ def chunked_distill_loss(
         )
     vocab = _shared_vocab_size(student_lm_head.shape[0], teacher_lm_head.shape[0], vocab_size)
     with_entropy = return_entropy or entropy_weights is not None
-    spec = _make_spec(student_hidden, divergence, beta, alpha, temperature, vocab, chunk_size, with_entropy)
+    spec = _make_spec(student_hidden, divergence, beta, alpha, temperature, vocab, chunk_size, with_entropy, gate_tau)
     index_R = _computed_rows(
         student_hidden.shape[0], student_hidden.device, mask, token_weights, entropy_weights, return_entropy
     )
@@ -688,52 +713,47 @@ def _check_topk_divergence(divergence, beta, alpha, temperature, tail) -> None:
 
 
 @torch.no_grad()
-def chunked_entropy(
+def chunked_topk(
     hidden: torch.Tensor,
     lm_head: torch.Tensor,
+    k: int,
     *,
-    temperature: float = 1.0,
-    mask: torch.Tensor | None = None,
     chunk_size: int | None = None,
     vocab_size: int | None = None,
 ) -> torch.Tensor:
     """
-    Token entropy `H_i` of `softmax(hidden[i] @ lm_head[:vocab_size].T / T)` in nats, `chunk_size` rows at a time and
-    without gradient (e.g. for gates and selections computed before the loss). Two float32 `[C, V]` buffers.
+    Ids of the `k` largest logits `hidden[i] @ lm_head[:vocab_size].T` per row, in descending order (as `torch.topk`
+    of the full logits), `chunk_size` rows at a time and without gradient. One float32 `[C, V]` buffer.
 
     Args:
         hidden (`torch.Tensor`):
             Final hidden states of shape `[N, H]`.
         lm_head (`torch.Tensor`):
             Output embedding of shape `[V, H]`.
-        temperature (`float`, *optional*, defaults to `1.0`):
-            Divides the logits.
-        mask (`torch.Tensor` or `None`, *optional*, defaults to `None`):
-            Bool tensor of shape `[N]`; `False` rows are not computed and get 0.
+        k (`int`):
+            Ids per row, `1 <= k <= vocab_size`.
         chunk_size (`int` or `None`, *optional*, defaults to `None`):
             Rows per chunk; `None` is the default of [`chunked_distill_loss`].
         vocab_size (`int` or `None`, *optional*, defaults to `None`):
             Use only the first `vocab_size` rows of `lm_head` (padded embedding rows dropped); `None`: all.
 
     Returns:
-        `torch.Tensor`: Entropies of shape `[N]` (float32, or float64 for float64 inputs).
+        `torch.Tensor`: Long tensor of shape `[N, k]`.
     """
     if hidden.dim() != 2 or lm_head.dim() != 2 or hidden.shape[1] != lm_head.shape[1]:
         raise ValueError(f"Expected hidden [N, H] and lm_head [V, H], got {tuple(hidden.shape)} and "
                          f"{tuple(lm_head.shape)}.")
-    if mask is not None and mask.shape != hidden.shape[:1]:
-        raise ValueError(f"`mask` has shape {tuple(mask.shape)}, expected ({hidden.shape[0]},).")
     vocab = _shared_vocab_size(lm_head.shape[0], lm_head.shape[0], vocab_size)
-    _check_settings(temperature, "sum", chunk_size, None)
-    spec = _make_spec(hidden, "generalized_jsd", 0.5, 0.1, temperature, vocab, chunk_size, True)
-    index_R = _computed_rows(hidden.shape[0], hidden.device, mask, None, None, True)
+    _check_settings(1.0, "sum", chunk_size, None)
+    if not 1 <= k <= vocab:
+        raise ValueError(f"`k` must be in [1, {vocab}], got {k}.")
+    spec = _make_spec(hidden, "generalized_jsd", 0.5, 0.1, 1.0, vocab, chunk_size, False)
     head_VH = _matmul_head(lm_head[:vocab], hidden, spec.dtype)
-    workspace = _Workspace(min(spec.chunk_size, max(1, index_R.numel())), vocab, spec.dtype, hidden.device)
-    entropy_N = torch.zeros(hidden.shape[0], dtype=spec.dtype, device=hidden.device)
-    for start in range(0, index_R.numel(), spec.chunk_size):
-        rows_C = index_R[start : start + spec.chunk_size]
-        logits_CV, probs_CV = workspace.take(0, rows_C.numel()), workspace.take(1, rows_C.numel())
-        _project(logits_CV, hidden.index_select(0, rows_C), head_VH, temperature)
-        _log_softmax_(logits_CV, probs_CV)
-        entropy_N[rows_C] = -_rowdot(probs_CV, logits_CV)
-    return entropy_N
+    workspace = _Workspace(min(spec.chunk_size, max(1, hidden.shape[0])), vocab, spec.dtype, hidden.device)
+    ids_NK = torch.empty(hidden.shape[0], k, dtype=torch.long, device=hidden.device)
+    for start in range(0, hidden.shape[0], spec.chunk_size):
+        rows = slice(start, start + spec.chunk_size)
+        logits_CV = workspace.take(0, hidden[rows].shape[0])
+        _project(logits_CV, hidden[rows], head_VH, 1.0)
+        ids_NK[rows] = logits_CV.topk(k, dim=-1).indices
+    return ids_NK

@@ -14,11 +14,13 @@ token (D2); one ratio drives both selections (D3); its entropy set keeps the tok
 90 %, padding included (D4); β ∈ {0, 1} gives a zero JSD (D6). Labels D1-D6 follow the TSD-KD spec, section 2.9.
 """
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
 
-from ..chunked import chunked_distill_loss, chunked_entropy
+from ..chunked import chunked_distill_loss, chunked_topk
 from ..divergence import entropy, generalized_jsd, global_token_mean, masked_mean
 from .selection import (
     ENTROPY_SCOPES,
@@ -31,6 +33,7 @@ from .selection import (
 )
 
 PL_DENOMINATORS = ("remaining", "preceding")
+OpenerRatioFn = Callable[[torch.Tensor, torch.Tensor], "float | torch.Tensor"]
 
 __all__ = [  # the selections live in `selection.py` and are part of this module's API too
     "ENTROPY_SCOPES",
@@ -82,9 +85,14 @@ def plackett_luce_loss(
             f"{tuple(teacher_logits.shape)} must have the same shape."
         )
     candidate_logits_NK, candidate_ids_NK = student_logits.topk(min(top_k, student_logits.shape[-1]), dim=-1)
-    teacher_scores_NK = teacher_logits.detach().gather(-1, candidate_ids_NK)
+    return _plackett_luce(candidate_logits_NK, teacher_logits.detach().gather(-1, candidate_ids_NK), denominator)
+
+
+def _plackett_luce(candidate_logits_NK: torch.Tensor, teacher_scores_NK: torch.Tensor, denominator: str):
+    """PL NLL of the teacher's order of K candidates, from the student's candidate logits (student order) and the
+    teacher's scores of the same candidates."""
     teacher_order_NK = teacher_scores_NK.argsort(dim=-1, descending=True, stable=True)
-    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    dtype = torch.promote_types(candidate_logits_NK.dtype, torch.float32)
     ranked_NK = candidate_logits_NK.gather(-1, teacher_order_NK).to(dtype)  # student logits, teacher's best first
     if denominator == "remaining":  # Eq. (4): sum over j >= k
         log_norm_NK = ranked_NK.flip(-1).logcumsumexp(dim=-1).flip(-1)
@@ -180,7 +188,7 @@ def tsd_kd_loss(
     *,
     beta: float = 0.9,
     top_k: int = 10,
-    opener_ratio: float | torch.Tensor = 0.1,
+    opener_ratio: float | torch.Tensor | OpenerRatioFn = 0.1,
     entropy_ratio: float = 0.1,
     indirect_coef: float = 0.1,
     entropy_coef: float = 1.0,
@@ -213,9 +221,9 @@ def tsd_kd_loss(
             forward KL, 1 reverse KL (TRL's convention).
         top_k (`int`, *optional*, defaults to `10`):
             Student candidates K re-ranked by the teacher (spec §3; paper App. A.3, hard-coded in the code).
-        opener_ratio (`float` or `torch.Tensor`, *optional*, defaults to `0.1`):
-            Opener entropy ratio p (spec §3; paper Fig. 3), or per-row ratios `(B,)` from
-            [`adaptive_opener_ratio`] (App. A.7).
+        opener_ratio (`float`, `torch.Tensor` or callable, *optional*, defaults to `0.1`):
+            Opener entropy ratio p (spec §3; paper Fig. 3), per-row ratios `(B,)` from [`adaptive_opener_ratio`]
+            (App. A.7), or a function of the detached student and teacher token entropies `(B, T)` returning either.
         entropy_ratio (`float`, *optional*, defaults to `0.1`):
             Fraction ρ of highest-entropy tokens whose entropy is minimised (spec §3; paper App. A.4).
         indirect_coef (`float`, *optional*, defaults to `0.1`):
@@ -243,10 +251,12 @@ def tsd_kd_loss(
     Returns:
         [`TSDKDOutput`]: The loss (float32, or float64 for float64 logits) and its terms.
     """
-    _check_loss_args(student_logits, teacher_logits, mask, opener_ratio, entropy_ratio, reference_code_compat)
     valid_BT = mask.bool()
     student_entropy_BT = entropy(student_logits, temperature)  # with gradient: L_ent differentiates it
     teacher_entropy_BT = entropy(teacher_logits.detach(), temperature)
+    if callable(opener_ratio):
+        opener_ratio = opener_ratio(student_entropy_BT.detach(), teacher_entropy_BT)
+    _check_loss_args(student_logits, teacher_logits, mask, opener_ratio, entropy_ratio, reference_code_compat)
     gate_BT = entropy_gap_gate(student_entropy_BT, teacher_entropy_BT, tau) if use_gate else None
     jsd_BT = _direct_per_token(student_logits, teacher_logits, beta, temperature, reference_code_compat)
     weighted_BT = jsd_BT if gate_BT is None else gate_BT * jsd_BT  # Eq. (11)
@@ -298,7 +308,7 @@ def tsd_kd_loss_chunked(
     *,
     beta: float = 0.9,
     top_k: int = 10,
-    opener_ratio: float | torch.Tensor = 0.1,
+    opener_ratio: float | torch.Tensor | OpenerRatioFn = 0.1,
     entropy_ratio: float = 0.1,
     indirect_coef: float = 0.1,
     entropy_coef: float = 1.0,
@@ -314,13 +324,14 @@ def tsd_kd_loss_chunked(
     """
     [`tsd_kd_loss`] from hidden states and LM heads, without the `[B, T, V]` logits of either model.
 
-    Three passes, each chunked over tokens: (1) both models' token entropies, without gradient, for the gate, the
-    opener and the entropy set; (2) the gated JSD plus the selective entropy as one fused [`chunked_distill_loss`]
-    (`token_weights` = gate over the token count, `entropy_weights` = γ times the coefficients of Eq. 12); (3) the
-    Plackett-Luce term on the opener rows only (about `opener_ratio` of the tokens), whose logits are formed
-    directly. Same value and gradient as [`tsd_kd_loss`] on `hidden @ lm_head.T`; `direct` and `entropy` of the
-    output are detached here (the fused pass returns their sum). The released code's variant is not offered: use
-    [`tsd_kd_loss`] for `reference_code_compat`.
+    (1) One fused [`chunked_distill_loss`] pass gives the gated JSD and its gradient, the gate formed in each chunk
+    (`gate_tau`), and both models' token entropies. (2) The opener and the entropy set follow from those entropies.
+    (3) The entropy term runs a second chunked pass over the rows of I only (about `entropy_ratio` of the tokens),
+    and (4) the Plackett-Luce term needs, on the opener rows only, the student's top-K ids (a chunked no-grad
+    pass) and both models' logits of those K candidates. The cost over GKD is therefore about the share of tokens
+    in I and in the opener, not a second full pass. Same value and gradient as [`tsd_kd_loss`] on
+    `hidden @ lm_head.T`. The released code's variant is not offered: use [`tsd_kd_loss`] for
+    `reference_code_compat`.
 
     Args:
         student_hidden (`torch.Tensor`):
@@ -349,39 +360,58 @@ def tsd_kd_loss_chunked(
             f"Expected student and teacher hidden states (B, T, H), (B, T, H') and a (B, T) mask; got "
             f"{tuple(student_hidden.shape)}, {tuple(teacher_hidden.shape)} and {tuple(mask.shape)}."
         )
-    valid_BT, shape = mask.bool(), mask.shape
-    heads = {"temperature": temperature, "chunk_size": chunk_size, "vocab_size": vocab_size}
-    heads["mask"] = valid_BT.flatten()
+    valid_BT = mask.bool()
+    valid_N = valid_BT.flatten()
     student_NH, teacher_NH = student_hidden.flatten(0, 1), teacher_hidden.detach().flatten(0, 1)
-    student_entropy_BT = chunked_entropy(student_NH.detach(), student_lm_head.detach(), **heads).view(shape)
-    teacher_entropy_BT = chunked_entropy(teacher_NH, teacher_lm_head.detach(), **heads).view(shape)
-    gate_BT = entropy_gap_gate(student_entropy_BT, teacher_entropy_BT, tau) if use_gate else None
+    heads = (student_NH, student_lm_head, teacher_NH, teacher_lm_head.detach())
+    chunks = {"temperature": temperature, "chunk_size": chunk_size, "vocab_size": vocab_size}
+    per_token, share = _token_share(valid_BT, num_items_in_batch, num_processes, student_hidden.dtype)
+    # without the gate, τ = ∞ makes every gate exactly 0.5 (undone by the weights' factor 2, also exact), so that the
+    # same fused pass still returns the teacher's entropies
+    gate_tau, gate_factor = (tau, 1.0) if use_gate else (math.inf, 2.0)
+    direct, entropies_N2 = chunked_distill_loss(
+        *heads, valid_N * (gate_factor * per_token), divergence="generalized_jsd", beta=beta, mask=valid_N,
+        return_entropy=True, gate_tau=gate_tau, **chunks,
+    )  # Eq. (11)
+    student_entropy_BT, teacher_entropy_BT = entropies_N2.unbind(dim=-1)
+    student_entropy_BT, teacher_entropy_BT = student_entropy_BT.view(mask.shape), teacher_entropy_BT.view(mask.shape)
+    if callable(opener_ratio):
+        opener_ratio = opener_ratio(student_entropy_BT, teacher_entropy_BT)
     opener_BT, selected_BT = _selections(
         student_entropy_BT, valid_BT, opener_ratio, entropy_ratio, entropy_scope, reference_code_compat=False
     )
-    dtype = student_entropy_BT.dtype
-    if num_items_in_batch is None:
-        per_token = 1.0 / valid_BT.sum().clamp_min(1).to(dtype)
-    else:
-        per_token = num_processes / torch.as_tensor(num_items_in_batch, device=mask.device).clamp_min(1).to(dtype)
-    share = valid_BT.sum() * per_token
-    gate_weights_BT = valid_BT.to(dtype) if gate_BT is None else torch.where(valid_BT, gate_BT, 0.0)
-    entropy_weights_BT = entropy_coef * share * _entropy_coefficients(selected_BT, entropy_scope, dtype)
-    fused = chunked_distill_loss(
-        student_NH, student_lm_head, teacher_NH, teacher_lm_head, (gate_weights_BT * per_token).flatten(),
-        divergence="generalized_jsd", beta=beta, temperature=temperature, mask=valid_BT.flatten(),
-        entropy_weights=entropy_weights_BT.flatten(), chunk_size=chunk_size, vocab_size=vocab_size,
-    )  # Eq. (11) + γ · Eq. (12)
-    entropy_term = share * (_entropy_coefficients(selected_BT, entropy_scope, dtype) * student_entropy_BT).sum()
-    vocab = vocab_size if vocab_size is not None else student_lm_head.shape[0]
-    opener_NH = student_NH[opener_BT.flatten()]
-    pl_N = plackett_luce_loss(
-        opener_NH.to(dtype) @ student_lm_head[:vocab].to(dtype).t() / temperature,
-        teacher_NH[opener_BT.flatten()].to(dtype) @ teacher_lm_head.detach()[:vocab].to(dtype).t(),
-        top_k,
-    )  # Eqs. (4)-(5), on the opener rows only
+    coefficients_N = share * _entropy_coefficients(selected_BT, entropy_scope, student_entropy_BT.dtype).flatten()
+    entropy_term = chunked_distill_loss(
+        *heads, torch.zeros_like(coefficients_N), mask=selected_BT.flatten(), entropy_weights=coefficients_N, **chunks
+    )  # Eq. (12): only the rows of I are computed
+    pl_N = _plackett_luce_on_rows(*heads, opener_BT.flatten(), top_k, temperature, chunk_size, vocab_size)
     indirect = masked_mean(pl_N, torch.ones_like(pl_N)) * share
-    loss = fused + indirect_coef * indirect  # Eq. (13)
-    direct = fused.detach() - entropy_coef * entropy_term
+    loss = direct + entropy_coef * entropy_term + indirect_coef * indirect  # Eq. (13)
+    gate_BT = entropy_gap_gate(student_entropy_BT, teacher_entropy_BT, tau) if use_gate else None
     return _output(loss, direct, indirect, entropy_term, gate_BT, opener_BT, selected_BT, valid_BT)
+
+
+def _token_share(valid_BT: torch.Tensor, num_items_in_batch, num_processes: int, dtype: torch.dtype):
+    """(weight of one token, share of this micro-batch's tokens): `1 / count` and 1 for a micro-batch mean, or
+    `num_processes / num_items_in_batch` and `count` times it for the global batch's."""
+    dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    count = valid_BT.sum().to(dtype)
+    if num_items_in_batch is None:
+        return 1.0 / count.clamp_min(1), torch.ones((), dtype=dtype, device=valid_BT.device)
+    items = torch.as_tensor(num_items_in_batch, device=valid_BT.device).to(dtype).clamp_min(1)
+    return num_processes / items, count * num_processes / items
+
+
+def _plackett_luce_on_rows(student_NH, student_VH, teacher_NH, teacher_VH, rows_N, top_k, temperature, chunk, vocab):
+    """Eqs. (4)-(5) on `rows_N`: the student's top-K ids without gradient, chunked; then both models' logits of
+    those K candidates only (`[R, K]`, from the gathered head rows), the student's with gradient."""
+    vocab = vocab if vocab is not None else student_VH.shape[0]
+    hidden_RH, teacher_RH = student_NH[rows_N], teacher_NH[rows_N]
+    ids_RK = chunked_topk(hidden_RH.detach(), student_VH.detach(), min(top_k, vocab), chunk_size=chunk,
+                          vocab_size=vocab)
+    dtype = torch.float64 if hidden_RH.dtype == torch.float64 else torch.float32
+    candidates_RK = torch.einsum("rh,rkh->rk", hidden_RH.to(dtype), student_VH[ids_RK].to(dtype)) / temperature
+    teacher_RK = torch.einsum("rh,rkh->rk", teacher_RH.to(dtype), teacher_VH[ids_RK].to(dtype))
+    return _plackett_luce(candidates_RK, teacher_RK, "remaining")
+
 

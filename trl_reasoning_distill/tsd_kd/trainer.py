@@ -17,8 +17,6 @@ from collections import deque
 
 import torch
 
-from ..chunked import chunked_entropy
-from ..divergence import entropy
 from ..kd_trainer import KDTrainer, last_hidden_state
 from .config import TSDKDConfig
 from .loss import TSDKDOutput, tsd_kd_loss, tsd_kd_loss_chunked
@@ -75,9 +73,7 @@ class TSDKDTrainer(KDTrainer):
         student_logits_BTV = model(**model_inputs).logits[:, :-1, : self.vocab_size]
         with torch.no_grad():
             teacher_logits_BTV = self.teacher_model(**model_inputs).logits[:, :-1, : self.vocab_size]
-        ratio = self._opener_ratio(lambda: (entropy(student_logits_BTV, self.temperature),
-                                            entropy(teacher_logits_BTV, self.temperature)), mask_BT)
-        return tsd_kd_loss(student_logits_BTV, teacher_logits_BTV, mask_BT, opener_ratio=ratio,
+        return tsd_kd_loss(student_logits_BTV, teacher_logits_BTV, mask_BT, opener_ratio=self._opener_ratio(mask_BT),
                            reference_code_compat=self.args.reference_code_compat, **terms)
 
     def _chunked_loss(self, model, model_inputs: dict, mask_BT: torch.Tensor, terms: dict) -> TSDKDOutput:
@@ -85,30 +81,29 @@ class TSDKDTrainer(KDTrainer):
         student_BTH = last_hidden_state(model, model_inputs)
         with torch.no_grad():
             teacher_BTH = last_hidden_state(self.teacher_model, model_inputs)
-        student_VH, teacher_VH = self.output_weight(model), self.output_weight(self.teacher_model)
-        heads = {"temperature": self.temperature, "mask": mask_BT.flatten(), "vocab_size": self.vocab_size,
-                 "chunk_size": self.args.loss_chunk_size if self.args.loss_chunk_size > 0 else None}
-        ratio = self._opener_ratio(lambda: (
-            chunked_entropy(student_BTH.detach().flatten(0, 1), student_VH.detach(), **heads).view(mask_BT.shape),
-            chunked_entropy(teacher_BTH.flatten(0, 1), teacher_VH.detach(), **heads).view(mask_BT.shape),
-        ), mask_BT)
-        return tsd_kd_loss_chunked(student_BTH, student_VH, teacher_BTH, teacher_VH, mask_BT, opener_ratio=ratio,
-                                   chunk_size=heads["chunk_size"], vocab_size=self.vocab_size, **terms)
+        chunk_size = self.args.loss_chunk_size if self.args.loss_chunk_size > 0 else None
+        return tsd_kd_loss_chunked(
+            student_BTH, self.output_weight(model), teacher_BTH, self.output_weight(self.teacher_model), mask_BT,
+            opener_ratio=self._opener_ratio(mask_BT), chunk_size=chunk_size, vocab_size=self.vocab_size, **terms,
+        )
 
-    def _opener_ratio(self, entropies, mask_BT: torch.Tensor) -> float | torch.Tensor:
-        """The fixed `opener_ratio`, or per-row ratios from the smoothed entropy gap (App. A.7), with `entropies()`
-        giving the detached student and teacher token entropies `(B, T)`. Training rows with tokens extend
-        `gap_history` (per process, as the authors' statistics are per device)."""
+    def _opener_ratio(self, mask_BT: torch.Tensor):
+        """The fixed `opener_ratio`, or (App. A.7) a function of the loss's detached token entropies giving per-row
+        ratios from the smoothed entropy gap. Training rows with tokens extend `gap_history` (per process, as the
+        authors' statistics are per device)."""
         if not self.args.adaptive_opener:
             return self.args.opener_ratio
-        with torch.no_grad():
-            gap_B = sample_entropy_gap(*entropies(), mask_BT)
-        history_H = torch.tensor(list(self.gap_history), dtype=torch.float64) if self.gap_history else None
-        ratio_B = adaptive_opener_ratio(gap_B, history_H, window=self.args.adaptive_window)
-        if self.model.training:
-            self.gap_history.extend(gap_B[mask_BT.any(dim=-1)].tolist())
-        self.log_metric("opener_ratio", ratio_B.mean().item())
-        return ratio_B
+
+        def adaptive(student_entropy_BT: torch.Tensor, teacher_entropy_BT: torch.Tensor) -> torch.Tensor:
+            gap_B = sample_entropy_gap(student_entropy_BT, teacher_entropy_BT, mask_BT)
+            history_H = torch.tensor(list(self.gap_history), dtype=torch.float64) if self.gap_history else None
+            ratio_B = adaptive_opener_ratio(gap_B, history_H, window=self.args.adaptive_window)
+            if self.model.training:
+                self.gap_history.extend(gap_B[mask_BT.any(dim=-1)].tolist())
+            self.log_metric("opener_ratio", ratio_B.mean().item())
+            return ratio_B
+
+        return adaptive
 
     def _log_terms(self, metrics: dict[str, float], mask_BT: torch.Tensor, num_items_in_batch) -> None:
         """Log every term as this micro-batch's mean: undo the global-batch share the loss terms carry, so the
