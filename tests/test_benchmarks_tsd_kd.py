@@ -39,3 +39,9 @@ def test_toy_study_resumes_and_tabulates(tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert [row["variant"] for row in rows] == ["student (cold start)", "TSD-KD, toy-scaled"]
     assert "| TSD-KD, toy-scaled | 1 |" in module.table(out)
+
+
+def test_gradient_norms_of_each_term():
+    norms = load("tsd_kd_toy").gradient_norms(batch=2)
+    assert len(norms) == 5 and all(0.0 < norm < 1e3 for norm in norms.values())
+
