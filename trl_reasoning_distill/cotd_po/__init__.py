@@ -1,0 +1,64 @@
+"""CoTD-PO, chain-of-thought distillation with preference optimization (code: github.com/little-mushroom0/COTD_PO).
+
+The pure loss pieces (`loss.py`) need torch only; the teacher scorers (`scoring.py`) take a model and tokenizer as
+arguments and import transformers only inside `RewardModelScorer.from_pretrained`, so importing this package imports
+neither trl nor transformers.
+"""
+
+from .loss import (
+    LOGP_AGGREGATIONS,
+    LOSS_MODES,
+    RATIONALE_REDUCTIONS,
+    REWARD_NORMALIZATIONS,
+    CoTDPOOutput,
+    SequenceLogLikelihood,
+    aggregate_logps,
+    cotd_po_loss,
+    listwise_preference_loss,
+    listwise_score_gradient,
+    normalize_rewards,
+    pairwise_preference_loss,
+    rationale_nll,
+    sequence_log_likelihood,
+    target_distribution,
+    token_log_probs,
+)
+from .scoring import (
+    JUDGE_PROMPT_TEMPLATE,
+    APIJudgeScorer,
+    JudgeAPIError,
+    LogProbTeacherScorer,
+    RewardModelScorer,
+    TeacherScorer,
+    ToyCorrectnessScorer,
+    parse_judge_rating,
+    rescale_rewards,
+)
+
+__all__ = [
+    "JUDGE_PROMPT_TEMPLATE",
+    "LOGP_AGGREGATIONS",
+    "LOSS_MODES",
+    "RATIONALE_REDUCTIONS",
+    "REWARD_NORMALIZATIONS",
+    "APIJudgeScorer",
+    "CoTDPOOutput",
+    "JudgeAPIError",
+    "LogProbTeacherScorer",
+    "RewardModelScorer",
+    "SequenceLogLikelihood",
+    "TeacherScorer",
+    "ToyCorrectnessScorer",
+    "aggregate_logps",
+    "cotd_po_loss",
+    "listwise_preference_loss",
+    "listwise_score_gradient",
+    "normalize_rewards",
+    "pairwise_preference_loss",
+    "parse_judge_rating",
+    "rationale_nll",
+    "rescale_rewards",
+    "sequence_log_likelihood",
+    "target_distribution",
+    "token_log_probs",
+]
