@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--max_steps", "2", "--train_data", "toy:train:16", "--eval_data", "toy:test:4", "--eval_max_new_tokens", "48",
         "--per_device_train_batch_size", "4", "--logging_steps", "1"]
 EXAMPLES = {
+    "brts.py": ["--max_new_tokens", "24"],
     "gkd.py": ["--max_new_tokens", "24"],
     "standard_kd.py": ["--samples_per_prompt", "2", "--sample_max_new_tokens", "96"],
     "tsd_kd.py": ["--max_new_tokens", "24"],

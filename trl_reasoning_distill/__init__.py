@@ -8,6 +8,8 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
+    "BRTSConfig": "brts.config",
+    "BRTSTrainer": "brts.trainer",
     "KDConfig": "kd_config",
     "KDTrainer": "kd_trainer",
     "TSDKDConfig": "tsd_kd.config",

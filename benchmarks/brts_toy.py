@@ -1,0 +1,154 @@
+"""BRTS on the toy world: held-out accuracy on easy and hard problems vs plain OPD and GKD, tier use, step time.
+
+Every run starts from the same cold-started student, trains on the same prompts (2-6 operands, ours: the toy teacher
+solves 2-4 operands but only a third of 5-6, so the pool has wrong rollouts to select against and Tier 2 has prompts
+to recover) with the same on-policy rollout budget (steps x batch, `lmbda=1`), and is evaluated greedily on held-out
+test problems, separately on easy (2-3 operands) and hard (4-6 operands) ones. "Plain OPD" is BRTS's student-context
+term alone (`teacher_context_coef=0`: no teacher rollouts); BRTS adds the teacher pool of N rollouts, with or without
+Tier-2 recovery. Results are appended to `results/brts_toy.csv` as each run finishes, so a stopped run resumes.
+
+    python benchmarks/brts_toy.py                      # 3 seeds, 6 variants
+    python benchmarks/brts_toy.py --seeds 0 --steps 2 --n_test 4 --out /tmp/brts_smoke.csv  # smoke run
+    python benchmarks/brts_toy.py --table              # the markdown table of the CSV, mean ± std over seeds
+"""
+
+import argparse
+import csv
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS = {  # name -> (trainer, config overrides)
+    "GKD (on-policy, generalized JSD, beta 0.5)": ("kd", {"beta": 0.5}),
+    "plain OPD (student-context term only)": ("brts", {"teacher_context_coef": 0.0}),
+    "BRTS N=2": ("brts", {"num_teacher_rollouts": 2}),
+    "BRTS N=2 + recovery": ("brts", {"num_teacher_rollouts": 2, "recovery": True}),
+    "BRTS N=4": ("brts", {"num_teacher_rollouts": 4}),
+    "BRTS N=4 + recovery": ("brts", {"num_teacher_rollouts": 4, "recovery": True}),
+    # Not run by default: spec §8 item 1's other candidate for the lost lambda.
+    "BRTS N=2, lambda 1": ("brts", {"num_teacher_rollouts": 2, "teacher_context_coef": 1.0}),
+}
+DEFAULT_VARIANTS = list(VARIANTS)[:6]
+SPLITS = {"easy": (2, 3), "hard": (4, 6)}  # operands per held-out problem
+TIER_STATS = ["pool_accuracy", "frac_tier1", "frac_tier2", "frac_tier3"]
+FIELDS = ["variant", "seed", "steps", "accuracy_easy", "accuracy_hard", "seconds_per_step", "train_seconds",
+          "eval_n", *TIER_STATS]
+OPD = "plain OPD (student-context term only)"
+
+
+def train_once(variant: str, seed: int, steps: int, train, tokenizer, teacher, out: str):
+    from trl_reasoning_distill import KDConfig, KDTrainer, load_toy_student
+    from trl_reasoning_distill.brts import BRTSConfig, BRTSTrainer
+
+    kind, overrides = VARIANTS[variant]
+    config_cls, trainer_cls = (KDConfig, KDTrainer) if kind == "kd" else (BRTSConfig, BRTSTrainer)
+    args = config_cls(
+        output_dir=out, max_steps=steps, per_device_train_batch_size=16, learning_rate=5e-4, warmup_steps=10,
+        lr_scheduler_type="cosine", lmbda=1.0, temperature=1.0, max_new_tokens=128, max_length=256, seed=seed,
+        use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=min(25, steps),
+        disable_tqdm=True, activation_checkpointing=False, loss_chunk_size=0, **overrides,
+    )
+    trainer = trainer_cls(model=load_toy_student(), teacher_model=teacher, args=args, train_dataset=train,
+                          processing_class=tokenizer)
+    start = time.time()
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "brts/frac_tier1" in log]
+    stats = {name: statistics.mean(log[f"brts/{name}"] for log in logs) if logs else "" for name in TIER_STATS}
+    return trainer.model, time.time() - start, stats
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--n_test", type=int, default=300, help="held-out problems per split (easy, hard)")
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=RESULTS / "brts_toy.csv")
+    parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table(args.out))
+        return
+
+    import datasets
+    import torch
+    import transformers
+
+    from trl_reasoning_distill import evaluate, load_toy_student, load_toy_teacher, load_toy_tokenizer, toy_dataset
+    from trl_reasoning_distill.utils import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    torch.set_num_threads(1)
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    tokenizer, teacher = load_toy_tokenizer(), load_toy_teacher()
+    tests = {split: toy_dataset("test", args.n_test, seed=0, min_ops=lo, max_ops=hi) for split, (lo, hi) in
+             SPLITS.items()}
+    train = toy_dataset("train", 2048, seed=0, min_ops=2, max_ops=6).select_columns(["prompt", "answer"])
+
+    def accuracies(model) -> dict[str, float]:
+        return {f"accuracy_{split}": evaluate(model, tokenizer, test, max_new_tokens=192, progress=False)
+                .greedy_accuracy for split, test in tests.items()}
+
+    done = set()
+    if args.out.exists():
+        done = {(r["variant"], int(r["seed"])) for r in csv.DictReader(args.out.open())}
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("w", newline="") as f:
+            csv.DictWriter(f, FIELDS).writeheader()
+    for name, load in (("student (cold start)", load_toy_student), ("teacher", lambda: teacher)):
+        if (name, 0) not in done:
+            write(args.out, {"variant": name, "seed": 0, "steps": 0, **accuracies(load()), "seconds_per_step": "",
+                             "train_seconds": 0, "eval_n": args.n_test})
+    for seed in args.seeds:
+        for variant in args.variants:
+            if (variant, seed) in done:
+                continue
+            with tempfile.TemporaryDirectory() as out:
+                model, seconds, stats = train_once(variant, seed, args.steps, train, tokenizer, teacher, out)
+            scores = accuracies(model)
+            write(args.out, {"variant": variant, "seed": seed, "steps": args.steps, **scores,
+                             "seconds_per_step": seconds / args.steps, "train_seconds": seconds,
+                             "eval_n": args.n_test, **stats})
+            print(f"{variant:<44} seed {seed}: easy {scores['accuracy_easy']:.3f}, hard {scores['accuracy_hard']:.3f}"
+                  f" ({seconds / args.steps:.2f} s/step)", flush=True)
+
+
+def _mean_std(values: list[float]) -> str:
+    spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.3f}{spread}"
+
+
+def table(path: Path) -> str:
+    """Markdown table: per variant, held-out accuracy (mean ± sample std over seeds) on both splits, step time and
+    its ratio to plain OPD, and the teacher pool's accuracy and tier fractions (means over seeds)."""
+    rows = sorted(csv.DictReader(path.open()), key=lambda row: int(row["seed"]))
+    opd_times = [float(row["seconds_per_step"]) for row in rows if row["variant"] == OPD]
+    lines = ["| variant | seeds | easy (2-3 ops) | hard (4-6 ops) | s/step | × plain OPD | pool accuracy | "
+             "tiers 1 / 2 / 3 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for variant in dict.fromkeys(row["variant"] for row in rows):
+        group = [row for row in rows if row["variant"] == variant]
+        cells = [variant, str(len(group))] + [_mean_std([float(row[f"accuracy_{split}"]) for row in group])
+                                              for split in SPLITS]
+        times = [float(row["seconds_per_step"]) for row in group if row["seconds_per_step"]]
+        ratio = f"{statistics.mean(times) / statistics.mean(opd_times):.2f}" if times and opd_times else ""
+        cells += [f"{statistics.mean(times):.2f}" if times else "", ratio]
+        stats = {name: [float(row[name]) for row in group if row[name]] for name in TIER_STATS}
+        cells.append(f"{statistics.mean(stats['pool_accuracy']):.3f}" if stats["pool_accuracy"] else "")
+        cells.append(" / ".join(f"{statistics.mean(stats[f'frac_tier{level}']):.2f}" for level in (1, 2, 3))
+                     if stats["frac_tier1"] else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write(path: Path, row: dict) -> None:
+    with path.open("a", newline="") as f:
+        csv.DictWriter(f, FIELDS).writerow(row)
+        f.flush()
+
+
+if __name__ == "__main__":
+    main()

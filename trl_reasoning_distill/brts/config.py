@@ -1,0 +1,185 @@
+"""`BRTSConfig`: `KDConfig` plus the hyperparameters of BRTS, with the paper's (or the authors' code's) defaults.
+
+Paper: On-Policy Distillation with Best-of-N Teacher Rollout Selection, https://huggingface.co/papers/2605.09725
+(values and their sources: BRTS spec, section 3; "[code]" marks values found only in the authors' verl fork).
+"""
+
+from dataclasses import dataclass, field
+
+from ..kd_config import KDConfig
+from ..verify import EXTRACTION_MODES
+from .loss import (
+    DEFAULT_TEACHER_CONTEXT_COEF,
+    DEFAULT_TOP_K,
+    STUDENT_CONTEXT_ESTIMATORS,
+    TEACHER_CONTEXT_MODES,
+    WEIGHT_MODES,
+)
+from .selection import FALLBACKS
+
+TRAINER_ALIGNMENTS = ("positional", "teacher_ctx")  # spec §2.6 (the code) and §8 item 5
+
+
+@dataclass
+class BRTSConfig(KDConfig):
+    r"""
+    Configuration class for [`BRTSTrainer`]. Only the BRTS fields are listed, plus the inherited defaults changed to
+    the paper's values (`lmbda=1.0`: BRTS is on-policy only; `temperature=1.0`); see [`KDConfig`] and [`GKDConfig`].
+    `beta` and `divergence` are not used. The paper trains with `learning_rate=1e-6` (constant, no warm-up) and
+    `max_new_tokens=7168`; see `examples/configs/brts_paper.yaml`.
+
+    Parameters:
+        > Parameters of the loss (Eq. (5): `L = L_S + λ · L_T`)
+
+        top_k (`int`, *optional*, defaults to `16`):
+            K: the student's candidates in L_S, the teacher's in L_T, and the student's in the alignment score.
+        teacher_context_coef (`float`, *optional*, defaults to `0.05`):
+            λ, weight of the teacher-context term L_T. `0` is plain on-policy distillation (no teacher rollouts).
+        student_context_estimator (`str`, *optional*, defaults to `"topk_rkl"`):
+            L_S per token: the code's sampled top-K reverse KL (`"topk_rkl"`), or the exact reverse KL (`"full_rkl"`).
+        weight_mode (`str`, *optional*, defaults to `"student_p"`):
+            Weights of the top-K reverse KL over the student's candidates: `"student_p"`, `"teacher_p"` or `"none"`.
+        teacher_context_mode (`str`, *optional*, defaults to `"teacher_topk_fkl"`):
+            L_T per token: forward KL over the teacher's renormalised top-K (`"teacher_topk_fkl"`), or the L_S
+            estimator on the teacher's context (`"student_topk_rkl"`).
+        truncate_to_student_length (`bool`, *optional*, defaults to `True`):
+            Supervise the selected rollout only up to the length of the student's rollout, as the code does.
+
+        > Parameters of the teacher rollout pool and the selection (Tiers 1-3)
+
+        num_teacher_rollouts (`int`, *optional*, defaults to `2`):
+            N, teacher rollouts sampled per prompt.
+        teacher_temperature (`float`, *optional*, defaults to `0.7`):
+            Sampling temperature of the teacher rollouts.
+        teacher_top_p (`float`, *optional*, defaults to `0.95`):
+            Nucleus of the teacher rollouts.
+        teacher_max_new_tokens (`int`, *optional*):
+            Longest teacher rollout; defaults to `max_new_tokens`, the student's.
+        answer_column (`str`, *optional*, defaults to `"answer"`):
+            Dataset column holding the ground-truth final answer.
+        answer_extraction (`str`, *optional*, defaults to `"boxed"`):
+            How the final answer is read from a rollout, one of `verify.EXTRACTION_MODES`.
+        alignment (`str`, *optional*, defaults to `"positional"`):
+            Alignment score ranking the rollouts: `"positional"` (teacher token t in the student's top-K at position
+            t of the student's own rollout) or `"teacher_ctx"` (at the teacher's prefix; one more student forward).
+        recovery (`bool`, *optional*, defaults to `False`):
+            Tier 2: when no rollout of a prompt is correct, sample `num_recovery_rollouts` from the teacher prompted
+            with the ground truth as a silent validation key. The student is trained on them under the original
+            prompt: the hint never enters its input.
+        num_recovery_rollouts (`int`, *optional*, defaults to `1`):
+            M2, hinted rollouts per prompt without a correct rollout.
+        recovery_leak_filter (`bool`, *optional*, defaults to `False`):
+            Count a hinted rollout that mentions the validation key as incorrect.
+        tier3_fallback (`str`, *optional*, defaults to `"most_similar"`):
+            Prompts with no correct rollout: train on the most aligned rollout (`"most_similar"`), or not at all in
+            L_T (`"skip"`).
+    """
+
+    lmbda: float = field(
+        default=1.0,
+        metadata={"help": "On-policy fraction: 1.0, every step samples the student (spec §2.12 step 1); required."},
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "Student sampling and loss temperature: 1.0 (spec §3: rollout and logit temperature, "
+                          "[code])."},
+    )
+    top_k: int = field(
+        default=DEFAULT_TOP_K,
+        metadata={"help": "K of both loss branches and of the alignment score: 16 (spec §2.1, §3: [code] "
+                          "LOG_PROB_TOP_K)."},
+    )
+    teacher_context_coef: float = field(
+        default=DEFAULT_TEACHER_CONTEXT_COEF,
+        metadata={"help": "λ, weight of the teacher-context term: 0.05 (spec §2.10, §8 item 1: [code] "
+                          "AUX_TEACHER_CTX_KD_COEF; the paper's value is lost). 0 = plain OPD, no teacher rollouts."},
+    )
+    student_context_estimator: str = field(
+        default="topk_rkl",
+        metadata={"help": f"L_S per token, one of {STUDENT_CONTEXT_ESTIMATORS}: top-K reverse KL (spec §2.3, "
+                          "[code]); full_rkl is spec §8 item 8's exact sanity baseline."},
+    )
+    weight_mode: str = field(
+        default="student_p",
+        metadata={"help": f"Top-K weights of L_S, one of {WEIGHT_MODES}: student_p (spec §2.3, §3: [code] "
+                          "reward_weight_mode)."},
+    )
+    teacher_context_mode: str = field(
+        default="teacher_topk_fkl",
+        metadata={"help": f"L_T per token, one of {TEACHER_CONTEXT_MODES}: forward KL over the teacher's top-K "
+                          "(spec §2.9, §8 item 2: the paper's runs)."},
+    )
+    truncate_to_student_length: bool = field(
+        default=True,
+        metadata={"help": "Truncate the selected rollout to the student's rollout length in L_T (spec §2.9, §8 "
+                          "item 7: [code])."},
+    )
+    num_teacher_rollouts: int = field(
+        default=2, metadata={"help": "N, teacher rollouts per prompt: 2 (spec §3: paper main setting, [code])."}
+    )
+    teacher_temperature: float = field(
+        default=0.7, metadata={"help": "Teacher sampling temperature: 0.7 (spec §2.4, §3: [code])."}
+    )
+    teacher_top_p: float = field(default=0.95, metadata={"help": "Teacher top-p: 0.95 (spec §2.4, §3: [code])."})
+    teacher_max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Longest teacher rollout; default max_new_tokens, 'the same maximum response length as "
+                          "the student' (spec §2.4)."},
+    )
+    answer_column: str = field(
+        default="answer", metadata={"help": "Ground-truth answer column (spec §10.2: `answer`)."}
+    )
+    answer_extraction: str = field(
+        default="boxed",
+        metadata={"help": f"Answer extraction, one of {EXTRACTION_MODES}: the last \\boxed{{}} (spec §2.5)."},
+    )
+    alignment: str = field(
+        default="positional",
+        metadata={"help": f"Alignment score, one of {TRAINER_ALIGNMENTS}: positional (spec §2.6, [code]); "
+                          "teacher_ctx is spec §8 item 5's matched-prefix score."},
+    )
+    recovery: bool = field(
+        default=False,
+        metadata={"help": "Tier 2, ground-truth-hinted recovery rollouts (spec §2.7-2.8); off in the paper's main "
+                          "runs (Table 1), on in Table 2's '2+1'."},
+    )
+    num_recovery_rollouts: int = field(
+        default=1, metadata={"help": "M2, hinted rollouts per unsolved prompt: 1 (spec §3: paper, [code])."}
+    )
+    recovery_leak_filter: bool = field(
+        default=False,
+        metadata={"help": "Reject hinted rollouts that mention the validation key (spec §8 item 14: off, as the "
+                          "code)."},
+    )
+    tier3_fallback: str = field(
+        default="most_similar",
+        metadata={"help": f"Tier 3, one of {FALLBACKS}: most_similar (spec §2.7, paper and code); skip is spec §8 "
+                          "item 15."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.lmbda != 1.0 or self.seq_kd:
+            raise ValueError(f"BRTS is on-policy only: lmbda must be 1.0 and seq_kd False, got lmbda={self.lmbda}, "
+                             f"seq_kd={self.seq_kd}.")
+        for name in ("top_k", "num_teacher_rollouts", "num_recovery_rollouts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not self.teacher_context_coef >= 0.0:
+            raise ValueError(f"teacher_context_coef must be >= 0, got {self.teacher_context_coef}.")
+        if not self.teacher_temperature > 0.0:
+            raise ValueError(f"teacher_temperature must be > 0, got {self.teacher_temperature}.")
+        if not 0.0 < self.teacher_top_p <= 1.0:
+            raise ValueError(f"teacher_top_p must be in (0, 1], got {self.teacher_top_p}.")
+        if self.teacher_max_new_tokens is not None and self.teacher_max_new_tokens < 1:
+            raise ValueError(f"teacher_max_new_tokens must be >= 1 or None, got {self.teacher_max_new_tokens}.")
+        if not self.answer_column:
+            raise ValueError("answer_column must name the dataset's ground-truth column, got ''.")
+        choices = {
+            "student_context_estimator": STUDENT_CONTEXT_ESTIMATORS, "weight_mode": WEIGHT_MODES,
+            "teacher_context_mode": TEACHER_CONTEXT_MODES, "answer_extraction": EXTRACTION_MODES,
+            "alignment": TRAINER_ALIGNMENTS, "tier3_fallback": FALLBACKS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
