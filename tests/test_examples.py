@@ -14,6 +14,7 @@ EXAMPLES = {
     "gkd.py": ["--max_new_tokens", "24"],
     "standard_kd.py": ["--samples_per_prompt", "2", "--sample_max_new_tokens", "96"],
     "tsd_kd.py": ["--max_new_tokens", "24"],
+    "vcrd.py": ["--max_new_tokens", "24", "--line_proposal_max_new_tokens", "8"],
 }
 
 

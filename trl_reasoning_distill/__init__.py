@@ -20,6 +20,9 @@ _LAZY = {
     "load_toy_student": "toy",
     "load_toy_tokenizer": "toy",
     "toy_dataset": "toy",
+    "VCRDConfig": "vcrd.config",
+    "VCRDTrainer": "vcrd.trainer",
+    "toy_vcrd_dataset": "vcrd.data",
 }
 
 __all__ = sorted(_LAZY)
