@@ -1,7 +1,11 @@
 """Gen-SSD, generation-time self-selection distillation (https://huggingface.co/papers/2604.02819).
 
-The pure selection pieces (`selection.py`) are imported here and need torch only.
+The pure selection pieces (`selection.py`) are imported here and need torch only; the sampler (`GenSSDSampler`, which
+imports transformers), `GenSSDConfig` and `GenSSDTrainer` (which import trl) load on first access, so importing this
+package stays light.
 """
+
+import importlib
 
 from .selection import (
     BEAM_SCORES,
@@ -35,6 +39,23 @@ from .selection import (
     trajectory_perplexity,
 )
 
+_LAZY = {
+    "ChunkProposer": "sampler",
+    "ChunkSampling": "sampler",
+    "GenSSDSampler": "sampler",
+    "GenerationSelectionCallback": "sampler",
+    "HFChunkProposer": "sampler",
+    "GeneratorProposer": "sampler",
+    "RoundInfo": "sampler",
+    "SamplingSummary": "sampler",
+    "StudentScorer": "sampler",
+    "Trajectory": "sampler",
+    "sample_chunked": "sampler",
+    "split_cold_start": "sampler",
+    "GenSSDConfig": "config",
+    "GenSSDTrainer": "trainer",
+}
+
 __all__ = [
     "BEAM_SCORES",
     "BEAM_WIDTH",
@@ -46,8 +67,20 @@ __all__ = [
     "BeamState",
     "BeamStep",
     "CandidatePool",
+    "ChunkProposer",
+    "ChunkSampling",
     "FinalPick",
+    "GenSSDConfig",
+    "GenSSDSampler",
+    "GenSSDTrainer",
+    "GenerationSelectionCallback",
+    "GeneratorProposer",
+    "HFChunkProposer",
+    "RoundInfo",
+    "SamplingSummary",
     "Selection",
+    "StudentScorer",
+    "Trajectory",
     "advance_beams",
     "candidate_log_perplexity",
     "candidate_pool",
@@ -63,6 +96,14 @@ __all__ = [
     "max_chunk_rounds",
     "num_candidates",
     "right_pad",
+    "sample_chunked",
     "select_candidates",
+    "split_cold_start",
     "trajectory_perplexity",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

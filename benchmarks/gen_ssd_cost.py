@@ -1,0 +1,212 @@
+"""Gen-SSD on the toy world: what a kept trajectory costs, and what the data is worth (spec §5.3 checks 2, 4, 5).
+
+Every data set is built by `GenSSDSampler` (the same code path) from the same training problems, scored by the
+cold-started toy student, and checked with `verify/`:
+
+- **Gen-SSD**: 24-token chunks of a 192-token budget, K = 16, 8, 4 per kept prefix, beam 2, lowest student PPL;
+- **best-of-16 by student PPL**: one chunk of the whole budget (the paper's App. D setting);
+- **rejection sampling**: one teacher sample per problem, kept if correct (Standard KD's data);
+- **Gen-SSD keeping the highest / a random PPL** (paper Table 4's ablation, second table).
+
+Table 1 gives teacher tokens generated and wall time per kept correct trajectory, and held-out accuracy of the student
+after SFT on each data set with the same number of examples (the smallest kept count of the seed); table 2 the
+selection rules. Decoding is T = 1.0 (the toy build samples its teacher so), top-p 0.95, top-k 30 for every method.
+Rows are appended to `results/gen_ssd_cost.csv` as each run ends, and the sampled data sets are resumable JSONL files
+in `results/gen_ssd_cost/`, so a stopped benchmark resumes where it stopped (a sampling run cut short is redone from
+scratch, so that its wall time is whole).
+
+    python benchmarks/gen_ssd_cost.py                    # 3 seeds
+    python benchmarks/gen_ssd_cost.py --problems 8 --seeds 0 --steps 2 --n_test 4 --out /tmp/gen_ssd_cost.csv
+    python benchmarks/gen_ssd_cost.py --table            # the markdown tables of the CSV, mean ± std over seeds
+"""
+
+import argparse
+import csv
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+CHUNK, BUDGET = 24, 192  # toy scale (ours): toy solutions are 20-120 tokens
+DECODING = {"temperature": 1.0, "top_p": 0.95, "top_k": 30}
+GEN_SSD, BEST_OF_16, PLAIN = "Gen-SSD (lowest PPL)", "best-of-16 by student PPL", "rejection sampling (1 sample)"
+HIGH, RANDOM = "Gen-SSD, highest PPL", "Gen-SSD, random PPL"
+METHODS = {  # name -> (sampling kind, selection rule)
+    GEN_SSD: ("chunked", "low"), BEST_OF_16: ("best_of_16", "low"), PLAIN: ("plain", "low"),
+    HIGH: ("chunked", "high"), RANDOM: ("chunked", "random"),
+}
+COST_TABLE, RULE_TABLE = (GEN_SSD, BEST_OF_16, PLAIN), (GEN_SSD, HIGH, RANDOM)
+FIELDS = ["kind", "method", "seed", "problems", "kept", "teacher_tokens", "seconds", "mean_student_ppl",
+          "mean_completion_tokens", "examples", "steps", "accuracy", "eval_n", "device"]
+
+
+def sampling_for(kind: str):
+    from trl_reasoning_distill.gen_ssd.sampler import ChunkSampling
+
+    if kind == "chunked":
+        return ChunkSampling(chunk_size=CHUNK, max_new_tokens=BUDGET, **DECODING)
+    if kind == "best_of_16":
+        return ChunkSampling.best_of(16, BUDGET, **DECODING)
+    return ChunkSampling.plain(BUDGET, **DECODING)
+
+
+def sample_once(method: str, seed: int, problems, teacher, student, tokenizer, path: Path) -> dict:
+    """Build one data set from scratch (a partial one is discarded, so the wall time covers the whole run)."""
+    from trl_reasoning_distill.gen_ssd.sampler import GenerationSelectionCallback, GenSSDSampler, all_records_path
+
+    for stale in (path, all_records_path(path)):
+        stale.unlink(missing_ok=True)
+    kind, rule = METHODS[method]
+    sampler = GenSSDSampler(teacher, student, tokenizer, sampling_for(kind), GenerationSelectionCallback(rule),
+                            batch_size=16, seed=seed, progress=False)
+    summary = sampler.sample(problems, path)
+    kept = read_jsonl(path)
+    return {"problems": summary.problems, "kept": summary.kept, "teacher_tokens": summary.teacher_tokens,
+            "seconds": summary.seconds,
+            "mean_student_ppl": statistics.mean(r["student_ppl"] for r in kept) if kept else "",
+            "mean_completion_tokens": statistics.mean(r["completion_tokens"] for r in kept) if kept else ""}
+
+
+def train_and_evaluate(path: Path, examples: int, seed: int, steps: int, lr: float, tokenizer, test) -> float:
+    """SFT of the cold-started student on `examples` seeded rows of the data set, then greedy pass@1."""
+    from datasets import load_dataset
+    from transformers import PrinterCallback
+
+    from trl_reasoning_distill import evaluate, load_toy_student
+    from trl_reasoning_distill._trl import SFTConfig, SFTTrainer
+
+    data = load_dataset("json", data_files=str(path), split="train").shuffle(seed=seed).select(range(examples))
+    with tempfile.TemporaryDirectory() as out:
+        args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=16, learning_rate=lr,
+                         lr_scheduler_type="cosine", warmup_steps=0.1, max_length=256, seed=seed, use_cpu=True,
+                         bf16=False, report_to="none", save_strategy="no", logging_steps=max(1, steps),
+                         disable_tqdm=True, activation_checkpointing=False)
+        trainer = SFTTrainer(model=load_toy_student(), args=args,
+                             train_dataset=data.select_columns(["prompt", "completion"]), processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+    return evaluate(trainer.model, tokenizer, test, max_new_tokens=BUDGET, progress=False).greedy_accuracy
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--problems", type=int, default=512, help="training problems sampled per seed")
+    parser.add_argument("--steps", type=int, default=100, help="SFT steps (batch 16) per data set")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--n_test", type=int, default=300)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--out", type=Path, default=RESULTS / "gen_ssd_cost.csv")
+    parser.add_argument("--table", action="store_true", help="print the tables of --out and exit")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(tables(args.out))
+        return
+
+    import datasets
+    import torch
+    import transformers
+
+    from trl_reasoning_distill import evaluate, load_toy_student, load_toy_teacher, load_toy_tokenizer, toy_dataset
+    from trl_reasoning_distill.utils import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    torch.set_num_threads(1)
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    tokenizer, teacher, student = load_toy_tokenizer(), load_toy_teacher(), load_toy_student()
+    test = toy_dataset("test", args.n_test, seed=0)
+    work = args.out.with_suffix("")  # results/gen_ssd_cost/: the sampled data sets
+    work.mkdir(parents=True, exist_ok=True)
+    done = {}
+    if args.out.exists():
+        done = {(r["kind"], r["method"], int(r["seed"])): r for r in csv.DictReader(args.out.open())}
+    else:
+        with args.out.open("w", newline="") as f:
+            csv.DictWriter(f, FIELDS).writeheader()
+    if ("sft", "student (cold start)", 0) not in done:
+        accuracy = evaluate(student, tokenizer, test, max_new_tokens=BUDGET, progress=False).greedy_accuracy
+        write(args.out, {"kind": "sft", "method": "student (cold start)", "seed": 0, "steps": 0, "accuracy": accuracy,
+                         "eval_n": args.n_test, "device": device})
+    for seed in args.seeds:
+        problems = toy_dataset("train", args.problems, seed=seed)
+        for method in args.methods:
+            if ("sample", method, seed) not in done:
+                stats = sample_once(method, seed, problems, teacher, student, tokenizer, data_path(work, method, seed))
+                done[("sample", method, seed)] = write(args.out, {"kind": "sample", "method": method, "seed": seed,
+                                                                  **stats, "device": device})
+                print(f"{method:<32} seed {seed}: {stats['kept']}/{stats['problems']} kept, "
+                      f"{stats['teacher_tokens'] / max(stats['kept'], 1):.0f} teacher tokens per kept", flush=True)
+        examples = min(int(done[("sample", m, seed)]["kept"]) for m in args.methods)
+        for method in args.methods:
+            if ("sft", method, seed) in done or examples == 0:
+                continue
+            start = time.time()
+            accuracy = train_and_evaluate(data_path(work, method, seed), examples, seed, args.steps, args.lr,
+                                          tokenizer, test)
+            write(args.out, {"kind": "sft", "method": method, "seed": seed, "examples": examples, "steps": args.steps,
+                             "accuracy": accuracy, "eval_n": args.n_test, "seconds": time.time() - start,
+                             "device": device})
+            print(f"{method:<32} seed {seed}: accuracy {accuracy:.3f} after SFT on {examples} examples", flush=True)
+
+
+def data_path(work: Path, method: str, seed: int) -> Path:
+    return work / f"{re.sub(r'[^a-z0-9]+', '-', method.lower()).strip('-')}-seed{seed}.jsonl"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def write(path: Path, row: dict) -> dict:
+    with path.open("a", newline="") as f:
+        csv.DictWriter(f, FIELDS).writerow(row)
+        f.flush()
+    return {k: str(v) for k, v in row.items()}
+
+
+def _spread(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "-"
+    spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.{digits}f}{spread}"
+
+
+def tables(path: Path) -> str:
+    """Markdown: cost and accuracy per data set (table 1), selection rules (table 2); mean ± sample std over seeds."""
+    rows = list(csv.DictReader(path.open()))
+
+    def of(kind, method):
+        return sorted((r for r in rows if r["kind"] == kind and r["method"] == method), key=lambda r: int(r["seed"]))
+
+    def cells(method):
+        sampled, trained = of("sample", method), of("sft", method)
+        kept, problems = sum(int(r["kept"]) for r in sampled), sum(int(r["problems"]) for r in sampled)
+        tokens = sum(int(r["teacher_tokens"]) for r in sampled) / max(kept, 1)
+        seconds = sum(float(r["seconds"]) for r in sampled) / max(kept, 1)
+        ppl = _spread([float(r["mean_student_ppl"]) for r in sampled if r["mean_student_ppl"]])
+        length = _spread([float(r["mean_completion_tokens"]) for r in sampled if r["mean_completion_tokens"]], 1)
+        accuracy = [float(r["accuracy"]) for r in trained]
+        return (f"{kept}/{problems}", f"{tokens:.0f}", f"{seconds * 1000:.1f}", ppl, length, _spread(accuracy),
+                ", ".join(f"{a:.3f}" for a in accuracy), ", ".join(r["examples"] for r in trained) or "-")
+
+    base = of("sft", "student (cold start)")
+    lines = [f"Cold-started student (no SFT): {_spread([float(r['accuracy']) for r in base])}", "",
+             "| data set | kept / problems | teacher tokens per kept | ms per kept | mean student PPL | mean length | "
+             "accuracy after SFT | per seed | examples per seed |", "|" + " --- |" * 9]
+    lines += [f"| {m} | " + " | ".join(cells(m)) + " |" for m in COST_TABLE if of("sample", m)]
+    lines += ["", "| selection | kept / problems | mean student PPL | mean length | accuracy after SFT | per seed |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for m in (m for m in RULE_TABLE if of("sample", m)):
+        kept, _, _, ppl, length, accuracy, per_seed, _ = cells(m)
+        lines.append(f"| {m} | {kept} | {ppl} | {length} | {accuracy} | {per_seed} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
