@@ -11,6 +11,8 @@ TINY = ["--max_steps", "2", "--train_data", "toy:train:16", "--eval_data", "toy:
         "--per_device_train_batch_size", "4", "--logging_steps", "1"]
 EXAMPLES = {
     "brts.py": ["--max_new_tokens", "24"],
+    "cotd_po.py": ["--num_rounds", "2", "--prompts_per_round", "8", "--num_candidates", "2", "--max_new_tokens", "12"],
+    "gen_ssd.py": ["--chunk_size", "16", "--max_new_tokens", "96", "--num_candidates", "4", "2"],
     "gkd.py": ["--max_new_tokens", "24"],
     "standard_kd.py": ["--samples_per_prompt", "2", "--sample_max_new_tokens", "96"],
     "tsd_kd.py": ["--max_new_tokens", "24"],

@@ -10,6 +10,13 @@ __version__ = "0.1.0"
 _LAZY = {
     "BRTSConfig": "brts.config",
     "BRTSTrainer": "brts.trainer",
+    "CoTDPOConfig": "cotd_po.config",
+    "CoTDPORoundsConfig": "cotd_po.rounds",
+    "CoTDPOTrainer": "cotd_po.trainer",
+    "GenSSDConfig": "gen_ssd.config",
+    "GenSSDSampler": "gen_ssd.sampler",
+    "GenSSDTrainer": "gen_ssd.trainer",
+    "GenerationSelectionCallback": "gen_ssd.sampler",
     "KDConfig": "kd_config",
     "KDTrainer": "kd_trainer",
     "TSDKDConfig": "tsd_kd.config",

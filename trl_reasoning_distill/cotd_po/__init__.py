@@ -2,8 +2,11 @@
 
 The pure loss pieces (`loss.py`) need torch only; the teacher scorers (`scoring.py`) take a model and tokenizer as
 arguments and import transformers only inside `RewardModelScorer.from_pretrained`, so importing this package imports
-neither trl nor transformers.
+neither trl nor transformers. `CoTDPOConfig`, `CoTDPOTrainer` and the rounds driver (which import trl) load on first
+access.
 """
+
+import importlib
 
 from .loss import (
     LOGP_AGGREGATIONS,
@@ -35,6 +38,15 @@ from .scoring import (
     rescale_rewards,
 )
 
+_LAZY = {
+    "CoTDPOConfig": "config",
+    "CoTDPOTrainer": "trainer",
+    "DataCollatorForCoTDPO": "trainer",
+    "CoTDPORoundsConfig": "rounds",
+    "TeacherRationales": "rounds",
+    "run_rounds": "rounds",
+}
+
 __all__ = [
     "JUDGE_PROMPT_TEMPLATE",
     "LOGP_AGGREGATIONS",
@@ -42,11 +54,16 @@ __all__ = [
     "RATIONALE_REDUCTIONS",
     "REWARD_NORMALIZATIONS",
     "APIJudgeScorer",
+    "CoTDPOConfig",
     "CoTDPOOutput",
+    "CoTDPORoundsConfig",
+    "CoTDPOTrainer",
+    "DataCollatorForCoTDPO",
     "JudgeAPIError",
     "LogProbTeacherScorer",
     "RewardModelScorer",
     "SequenceLogLikelihood",
+    "TeacherRationales",
     "TeacherScorer",
     "ToyCorrectnessScorer",
     "aggregate_logps",
@@ -58,7 +75,14 @@ __all__ = [
     "parse_judge_rating",
     "rationale_nll",
     "rescale_rewards",
+    "run_rounds",
     "sequence_log_likelihood",
     "target_distribution",
     "token_log_probs",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
