@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trl_reasoning_distill.results import append_row, finished_rows, mean_std
+
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = {  # name -> (trainer, config overrides)
     "GKD (on-policy, generalized JSD, beta 0.5)": ("kd", {"beta": 0.5}),
@@ -72,17 +74,11 @@ def main(argv=None):
         print(table(args.out))
         return
 
-    import datasets
-    import torch
-    import transformers
 
     from trl_reasoning_distill import evaluate, load_toy_student, load_toy_teacher, load_toy_tokenizer, toy_dataset
-    from trl_reasoning_distill.utils import tune_cpu_allocator
+    from trl_reasoning_distill.utils import quiet_cpu_run
 
-    tune_cpu_allocator()
-    torch.set_num_threads(1)
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
+    quiet_cpu_run()
     tokenizer, teacher = load_toy_tokenizer(), load_toy_teacher()
     tests = {split: toy_dataset("test", args.n_test, seed=0, min_ops=lo, max_ops=hi) for split, (lo, hi) in
              SPLITS.items()}
@@ -92,17 +88,11 @@ def main(argv=None):
         return {f"accuracy_{split}": evaluate(model, tokenizer, test, max_new_tokens=192, progress=False)
                 .greedy_accuracy for split, test in tests.items()}
 
-    done = set()
-    if args.out.exists():
-        done = {(r["variant"], int(r["seed"])) for r in csv.DictReader(args.out.open())}
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", newline="") as f:
-            csv.DictWriter(f, FIELDS).writeheader()
+    done = {(r["variant"], int(r["seed"])) for r in finished_rows(args.out, FIELDS)}
     for name, load in (("student (cold start)", load_toy_student), ("teacher", lambda: teacher)):
         if (name, 0) not in done:
-            write(args.out, {"variant": name, "seed": 0, "steps": 0, **accuracies(load()), "seconds_per_step": "",
-                             "train_seconds": 0, "eval_n": args.n_test})
+            append_row(args.out, FIELDS, {"variant": name, "seed": 0, "steps": 0, **accuracies(load()),
+                                          "seconds_per_step": "", "train_seconds": 0, "eval_n": args.n_test})
     for seed in args.seeds:
         for variant in args.variants:
             if (variant, seed) in done:
@@ -110,16 +100,11 @@ def main(argv=None):
             with tempfile.TemporaryDirectory() as out:
                 model, seconds, stats = train_once(variant, seed, args.steps, train, tokenizer, teacher, out)
             scores = accuracies(model)
-            write(args.out, {"variant": variant, "seed": seed, "steps": args.steps, **scores,
+            append_row(args.out, FIELDS, {"variant": variant, "seed": seed, "steps": args.steps, **scores,
                              "seconds_per_step": seconds / args.steps, "train_seconds": seconds,
                              "eval_n": args.n_test, **stats})
             print(f"{variant:<44} seed {seed}: easy {scores['accuracy_easy']:.3f}, hard {scores['accuracy_hard']:.3f}"
                   f" ({seconds / args.steps:.2f} s/step)", flush=True)
-
-
-def _mean_std(values: list[float]) -> str:
-    spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
-    return f"{statistics.mean(values):.3f}{spread}"
 
 
 def table(path: Path) -> str:
@@ -131,7 +116,7 @@ def table(path: Path) -> str:
              "tiers 1 / 2 / 3 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for variant in dict.fromkeys(row["variant"] for row in rows):
         group = [row for row in rows if row["variant"] == variant]
-        cells = [variant, str(len(group))] + [_mean_std([float(row[f"accuracy_{split}"]) for row in group])
+        cells = [variant, str(len(group))] + [mean_std([float(row[f"accuracy_{split}"]) for row in group])
                                               for split in SPLITS]
         times = [float(row["seconds_per_step"]) for row in group if row["seconds_per_step"]]
         ratio = f"{statistics.mean(times) / statistics.mean(opd_times):.2f}" if times and opd_times else ""
@@ -142,12 +127,6 @@ def table(path: Path) -> str:
                      if stats["frac_tier1"] else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def write(path: Path, row: dict) -> None:
-    with path.open("a", newline="") as f:
-        csv.DictWriter(f, FIELDS).writerow(row)
-        f.flush()
 
 
 if __name__ == "__main__":

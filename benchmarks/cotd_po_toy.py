@@ -27,6 +27,8 @@ import statistics
 import time
 from pathlib import Path
 
+from trl_reasoning_distill.results import append_row, finished_rows, mean_std
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 NO_COT = {"use_teacher_rationale": False, "rationale_weight": 0.0}
@@ -150,33 +152,23 @@ def main(argv=None):
         print(table(args.out))
         return
 
-    import datasets
     import torch
     import transformers
 
     from trl_reasoning_distill import load_toy_student, load_toy_teacher, load_toy_tokenizer, toy_dataset
-    from trl_reasoning_distill.utils import tune_cpu_allocator
+    from trl_reasoning_distill.utils import quiet_cpu_run
 
-    tune_cpu_allocator()
-    torch.set_num_threads(1)
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
+    quiet_cpu_run()
     context = {"tokenizer": load_toy_tokenizer(), "teacher": load_toy_teacher(),
                "train": toy_dataset("train", 2048, seed=0).select_columns(["id", "prompt", "answer"])}
     test = toy_dataset("test", args.n_test, seed=0)
     n_diversity = min(args.diversity_prompts, args.n_test)
-    done = set()
-    if args.out.exists():
-        done = {(r["variant"], int(r["seed"]), int(r["round"])) for r in csv.DictReader(args.out.open())}
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", newline="") as f:
-            csv.DictWriter(f, FIELDS).writeheader()
+    done = {(r["variant"], int(r["seed"]), int(r["round"])) for r in finished_rows(args.out, FIELDS)}
     if (COLD_START, 0, 0) not in done:
         torch.manual_seed(0)
         scores = measure(load_toy_student(), context["tokenizer"], test, n_diversity)
-        write(args.out, {"variant": COLD_START, "seed": 0, "round": 0, "steps": 0, **scores, "mean_reward": "",
-                         "train_seconds": 0, "eval_n": args.n_test})
+        append_row(args.out, FIELDS, {"variant": COLD_START, "seed": 0, "round": 0, "steps": 0, **scores,
+                                      "mean_reward": "", "train_seconds": 0, "eval_n": args.n_test})
     for seed in args.seeds:
         for variant in args.variants:
             if all((variant, seed, r) in done for r in range(1, args.rounds + 1)):
@@ -193,9 +185,11 @@ def main(argv=None):
                 torch.manual_seed(seed)
                 model = transformers.AutoModelForCausalLM.from_pretrained(result["model"], dtype="float32")
                 scores = measure(model, context["tokenizer"], test, n_diversity)
-                write(args.out, {"variant": variant, "seed": seed, "round": r, "steps": args.steps, **scores,
-                                 "mean_reward": result["mean_reward"], "train_seconds": result["train_seconds"],
-                                 "eval_n": args.n_test})
+                append_row(args.out, FIELDS, {
+                    "variant": variant, "seed": seed, "round": r, "steps": args.steps, **scores,
+                    "mean_reward": result["mean_reward"], "train_seconds": result["train_seconds"],
+                    "eval_n": args.n_test,
+                })
                 print(f"{variant:<40} seed {seed} round {r}: accuracy {scores['accuracy']:.3f}, distinct-2 "
                       f"{scores['distinct_2']:.3f}", flush=True)
 
@@ -212,18 +206,11 @@ def table(path: Path) -> str:
         cells = []
         for name in ("accuracy", "distinct_1", "distinct_2", "mean_reward"):
             values = [float(row[name]) for row in group if row[name] != ""]
-            spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
-            cells.append(f"{statistics.mean(values):.3f}{spread}" if values else "")
+            cells.append(mean_std(values) if values else "")
         per_seed = ", ".join(f"{float(row['accuracy']):.3f}" for row in group)
         lines.append(f"| {variant} | {r} | {len(group)} | {cells[0]} | {per_seed} | {cells[1]} | {cells[2]} | "
                      f"{cells[3]} |")
     return "\n".join(lines)
-
-
-def write(path: Path, row: dict) -> None:
-    with path.open("a", newline="") as f:
-        csv.DictWriter(f, FIELDS).writerow(row)
-        f.flush()
 
 
 if __name__ == "__main__":

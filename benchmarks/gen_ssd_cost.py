@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trl_reasoning_distill.results import append_row, finished_rows, mean_std
+
 RESULTS = Path(__file__).parent / "results"
 CHUNK, BUDGET = 24, 192  # toy scale (ours): toy solutions are 20-120 tokens
 DECODING = {"temperature": 1.0, "top_p": 0.95, "top_k": 30}
@@ -105,28 +107,18 @@ def main(argv=None):
         print(tables(args.out))
         return
 
-    import datasets
     import torch
-    import transformers
 
     from trl_reasoning_distill import evaluate, load_toy_student, load_toy_teacher, load_toy_tokenizer, toy_dataset
-    from trl_reasoning_distill.utils import tune_cpu_allocator
+    from trl_reasoning_distill.utils import quiet_cpu_run
 
-    tune_cpu_allocator()
-    torch.set_num_threads(1)
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
+    quiet_cpu_run()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     tokenizer, teacher, student = load_toy_tokenizer(), load_toy_teacher(), load_toy_student()
     test = toy_dataset("test", args.n_test, seed=0)
     work = args.out.with_suffix("")  # results/gen_ssd_cost/: the sampled data sets
     work.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if args.out.exists():
-        done = {(r["kind"], r["method"], int(r["seed"])): r for r in csv.DictReader(args.out.open())}
-    else:
-        with args.out.open("w", newline="") as f:
-            csv.DictWriter(f, FIELDS).writeheader()
+    done = {(r["kind"], r["method"], int(r["seed"])): r for r in finished_rows(args.out, FIELDS)}
     if ("sft", "student (cold start)", 0) not in done:
         accuracy = evaluate(student, tokenizer, test, max_new_tokens=BUDGET, progress=False).greedy_accuracy
         write(args.out, {"kind": "sft", "method": "student (cold start)", "seed": 0, "steps": 0, "accuracy": accuracy,
@@ -164,17 +156,12 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def write(path: Path, row: dict) -> dict:
-    with path.open("a", newline="") as f:
-        csv.DictWriter(f, FIELDS).writerow(row)
-        f.flush()
-    return {k: str(v) for k, v in row.items()}
+    """Append `row`; returns it as the CSV reads it back (strings)."""
+    return {k: str(v) for k, v in append_row(path, FIELDS, row).items()}
 
 
 def _spread(values: list[float], digits: int = 3) -> str:
-    if not values:
-        return "-"
-    spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
-    return f"{statistics.mean(values):.{digits}f}{spread}"
+    return mean_std(values, digits) if values else "-"
 
 
 def tables(path: Path) -> str:

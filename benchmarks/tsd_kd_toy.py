@@ -12,10 +12,11 @@ budget (steps x batch, `lmbda=1`), and is evaluated greedily on held-out test pr
 
 import argparse
 import csv
-import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from trl_reasoning_distill.results import append_row, finished_rows, mean_std
 
 RESULTS = Path(__file__).parent / "results"
 # Toy-scaled coefficients (ours): on this 104-token vocabulary the paper's weights make the entropy and ranking
@@ -69,30 +70,17 @@ def main(argv=None):
             print(f"{name:<40} {norm:.4f}")
         return
 
-    import datasets
-    import torch
-    import transformers
-
     from trl_reasoning_distill import evaluate, load_toy_student, load_toy_teacher, load_toy_tokenizer, toy_dataset
-    from trl_reasoning_distill.utils import tune_cpu_allocator
+    from trl_reasoning_distill.utils import quiet_cpu_run
 
-    tune_cpu_allocator()
-    torch.set_num_threads(1)
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
+    quiet_cpu_run()
     tokenizer, teacher = load_toy_tokenizer(), load_toy_teacher()
     test = toy_dataset("test", args.n_test, seed=0)
     train = toy_dataset("train", 2048, seed=0).select_columns(["prompt"])
-    done = set()
-    if args.out.exists():
-        done = {(r["variant"], int(r["seed"])) for r in csv.DictReader(args.out.open())}
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", newline="") as f:
-            csv.DictWriter(f, FIELDS).writeheader()
+    done = {(r["variant"], int(r["seed"])) for r in finished_rows(args.out, FIELDS)}
     if ("student (cold start)", 0) not in done:
         acc = evaluate(load_toy_student(), tokenizer, test, max_new_tokens=192, progress=False).greedy_accuracy
-        write(args.out, {"variant": "student (cold start)", "seed": 0, "steps": 0, "accuracy": acc,
+        append_row(args.out, FIELDS, {"variant": "student (cold start)", "seed": 0, "steps": 0, "accuracy": acc,
                          "seconds_per_step": "", "train_seconds": 0, "eval_n": args.n_test})
     for seed in args.seeds:
         for variant in args.variants:
@@ -101,7 +89,7 @@ def main(argv=None):
             with tempfile.TemporaryDirectory() as out:
                 model, seconds = train_once(variant, seed, args.steps, train, tokenizer, teacher, out)
             acc = evaluate(model, tokenizer, test, max_new_tokens=192, progress=False).greedy_accuracy
-            write(args.out, {"variant": variant, "seed": seed, "steps": args.steps, "accuracy": acc,
+            append_row(args.out, FIELDS, {"variant": variant, "seed": seed, "steps": args.steps, "accuracy": acc,
                              "seconds_per_step": seconds / args.steps, "train_seconds": seconds,
                              "eval_n": args.n_test})
             print(f"{variant:<36} seed {seed}: accuracy {acc:.3f} ({seconds / args.steps:.2f} s/step)", flush=True)
@@ -154,16 +142,9 @@ def table(path: Path) -> str:
     rows.sort(key=lambda row: int(row["seed"]))
     for variant in dict.fromkeys(row["variant"] for row in rows):
         accuracies = [float(row["accuracy"]) for row in rows if row["variant"] == variant]
-        spread = f" ± {statistics.stdev(accuracies):.3f}" if len(accuracies) > 1 else ""
-        lines.append(f"| {variant} | {len(accuracies)} | {statistics.mean(accuracies):.3f}{spread} | "
+        lines.append(f"| {variant} | {len(accuracies)} | {mean_std(accuracies)} | "
                      f"{', '.join(f'{a:.3f}' for a in accuracies)} |")
     return "\n".join(lines)
-
-
-def write(path: Path, row: dict) -> None:
-    with path.open("a", newline="") as f:
-        csv.DictWriter(f, FIELDS).writerow(row)
-        f.flush()
 
 
 if __name__ == "__main__":

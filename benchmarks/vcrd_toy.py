@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trl_reasoning_distill.results import append_row, finished_rows, mean_std
+
 RESULTS = Path(__file__).parent / "results"
 BATCH = 16
 # The exact step checker scores {0, 1}, so Eq. (1) gives 0, ~1 or 1/ε = 1e8 (wherever the teacher's proposal is
@@ -92,30 +94,17 @@ def main(argv=None):
         print(table(args.out))
         return
 
-    import datasets
-    import torch
-    import transformers
-
     from trl_reasoning_distill import evaluate, load_toy_student, load_toy_teacher, load_toy_tokenizer, toy_dataset
-    from trl_reasoning_distill.utils import tune_cpu_allocator
+    from trl_reasoning_distill.utils import quiet_cpu_run
     from trl_reasoning_distill.vcrd import toy_vcrd_dataset
 
-    tune_cpu_allocator()
-    torch.set_num_threads(1)
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
+    quiet_cpu_run()
     tokenizer, teacher = load_toy_tokenizer(), load_toy_teacher()
     test = toy_dataset("test", args.n_test, seed=0)
-    done = set()
-    if args.out.exists():
-        done = {(r["variant"], int(r["seed"])) for r in csv.DictReader(args.out.open())}
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", newline="") as f:
-            csv.DictWriter(f, FIELDS).writeheader()
+    done = {(r["variant"], int(r["seed"])) for r in finished_rows(args.out, FIELDS)}
     if ("student (cold start)", 0) not in done:
         acc = evaluate(load_toy_student(), tokenizer, test, max_new_tokens=192, progress=False).greedy_accuracy
-        write(args.out, {"variant": "student (cold start)", "seed": 0, "steps": 0, "accuracy": acc,
+        append_row(args.out, FIELDS, {"variant": "student (cold start)", "seed": 0, "steps": 0, "accuracy": acc,
                          "train_seconds": 0, "eval_n": args.n_test})
     todo = [(seed, variant) for seed in args.seeds for variant in args.variants if (variant, seed) not in done]
     data = None
@@ -129,7 +118,7 @@ def main(argv=None):
             scorer_ms, step_ms = scorer_overhead(trainer) if VARIANTS[variant][0] == "vcrd" else ("", "")
         acc = evaluate(trainer.model, tokenizer, test, max_new_tokens=192, progress=False).greedy_accuracy
         ratio = scorer_ms / step_ms if step_ms else ""
-        write(args.out, {"variant": variant, "seed": seed, "steps": args.steps, "accuracy": acc,
+        append_row(args.out, FIELDS, {"variant": variant, "seed": seed, "steps": args.steps, "accuracy": acc,
                          "seconds_per_step": seconds / args.steps, "train_seconds": seconds, "scorer_ms": scorer_ms,
                          "loss_step_ms": step_ms, "scorer_ratio": ratio, "eval_n": args.n_test})
         overhead = f", scorer {ratio:.2f}x the loss step" if ratio != "" else ""
@@ -148,17 +137,10 @@ def table(path: Path) -> str:
         runs = [row for row in rows if row["variant"] == variant]
         accuracies = [float(row["accuracy"]) for row in runs]
         ratios = [float(row["scorer_ratio"]) for row in runs if row["scorer_ratio"]]
-        spread = f" ± {statistics.stdev(accuracies):.3f}" if len(accuracies) > 1 else ""
         ratio = f"{statistics.median(ratios):.2f}" if ratios else ""
-        lines.append(f"| {variant} | {len(accuracies)} | {statistics.mean(accuracies):.3f}{spread} | "
+        lines.append(f"| {variant} | {len(accuracies)} | {mean_std(accuracies)} | "
                      f"{', '.join(f'{a:.3f}' for a in accuracies)} | {ratio} |")
     return "\n".join(lines)
-
-
-def write(path: Path, row: dict) -> None:
-    with path.open("a", newline="") as f:
-        csv.DictWriter(f, FIELDS).writerow(row)
-        f.flush()
 
 
 if __name__ == "__main__":

@@ -24,3 +24,16 @@ def tune_cpu_allocator() -> bool:
     if not hasattr(libc, "mallopt"):
         return False
     return bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 40) and libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30))
+
+
+def quiet_cpu_run(threads: int = 1) -> None:
+    """Set up a long CPU job on the toy models: `tune_cpu_allocator`, `threads` torch threads (one is fastest for
+    the toy models on a small machine), no `datasets` progress bars, transformers errors only."""
+    import datasets
+    import torch
+    import transformers
+
+    tune_cpu_allocator()
+    torch.set_num_threads(threads)
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
