@@ -15,6 +15,8 @@
 
 import contextlib
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
@@ -56,6 +58,21 @@ def last_hidden_state(model, model_inputs: dict) -> torch.Tensor:
 
 def text_vocab_size(model: PreTrainedModel) -> int:
     return model.config.get_text_config().vocab_size
+
+
+@dataclass
+class AnswerCollator:
+    """The wrapped collator's batch plus `answers`: every row's gold answer as a string (when all rows have one), for
+    trainers that grade samples during training (BRTS, Gen-SSD)."""
+
+    collator: Callable
+    column: str
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.collator(examples)
+        if all(self.column in example for example in examples):
+            batch["answers"] = [str(example[self.column]) for example in examples]
+        return batch
 
 
 @contextlib.contextmanager

@@ -15,8 +15,6 @@ forward with one on-policy update and no dropout (spec §8 item 8).
 
 import textwrap
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from .._trl import unwrap_model_for_generation
 from ..chunked import chunked_distill_loss, chunked_topk
 from ..generation import Generator, HFGenerator, Sample
-from ..kd_trainer import KDTrainer, last_hidden_state
+from ..kd_trainer import AnswerCollator, KDTrainer, last_hidden_state
 from ..verify import extract_answer, grade
 from .config import BRTSConfig
 from .loss import BRTSLossOutput, _token_mean, brts_loss, student_topk_rkl, teacher_topk, teacher_topk_fkl_chunked
@@ -41,20 +39,6 @@ from .selection import (
 )
 
 LOGITS_BUFFER_ELEMENTS = 2**26  # default chunk: [C, V] float32 logits of 256 MiB, as chunked.py's default
-
-
-@dataclass
-class AnswerCollator:
-    """The wrapped collator's batch plus `answers`: every row's ground truth as a string (when all rows have it)."""
-
-    collator: Callable
-    column: str
-
-    def __call__(self, examples: list[dict]) -> dict:
-        batch = self.collator(examples)
-        if all(self.column in example for example in examples):
-            batch["answers"] = [str(example[self.column]) for example in examples]
-        return batch
 
 
 class BRTSTrainer(KDTrainer):

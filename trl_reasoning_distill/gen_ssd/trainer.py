@@ -13,15 +13,13 @@ trajectories. `objective="nll"` is Eq. 1; `objective="kd"` applies `KDTrainer`'s
 
 import textwrap
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .._trl import unwrap_model_for_generation
 from ..generation import Generator
-from ..kd_trainer import KDTrainer
+from ..kd_trainer import AnswerCollator, KDTrainer
 from ..verify import extract_answer, grade
 from .config import GenSSDConfig
 from .sampler import (
@@ -33,20 +31,6 @@ from .sampler import (
     sample_chunked,
 )
 from .selection import right_pad
-
-
-@dataclass
-class AnswerCollator:
-    """The wrapped collator's batch plus `answers`, every row's gold answer as a string (when all rows have one)."""
-
-    collator: Callable
-    column: str
-
-    def __call__(self, examples: list[dict]) -> dict:
-        batch = self.collator(examples)
-        if all(self.column in example for example in examples):
-            batch["answers"] = [str(example[self.column]) for example in examples]
-        return batch
 
 
 class GenSSDTrainer(KDTrainer):
