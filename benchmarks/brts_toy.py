@@ -69,9 +69,14 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=RESULTS / "brts_toy.csv")
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    parser.add_argument("--step_time", type=int, default=0, metavar="STEPS",
+                        help="time STEPS training steps of every variant back to back, print the ratios, and exit")
     args = parser.parse_args(argv)
     if args.table:
         print(table(args.out))
+        return
+    if args.step_time:
+        print(step_time_table(args.step_time, args.variants))
         return
 
 
@@ -105,6 +110,27 @@ def main(argv=None):
                              "eval_n": args.n_test, **stats})
             print(f"{variant:<44} seed {seed}: easy {scores['accuracy_easy']:.3f}, hard {scores['accuracy_hard']:.3f}"
                   f" ({seconds / args.steps:.2f} s/step)", flush=True)
+
+
+def step_time_table(steps: int, variants: list[str]) -> str:
+    """Seconds per training step of each variant, run back to back on the same prompts and seed (so under the same
+    machine load, unlike the study's runs), as a markdown table with the ratio to plain OPD."""
+    import torch
+
+    from trl_reasoning_distill import load_toy_teacher, load_toy_tokenizer, toy_dataset
+    from trl_reasoning_distill.utils import quiet_cpu_run
+
+    quiet_cpu_run()
+    tokenizer, teacher = load_toy_tokenizer(), load_toy_teacher()
+    train = toy_dataset("train", 2048, seed=0, min_ops=2, max_ops=6).select_columns(["prompt", "answer"])
+    seconds = {}
+    for variant in [OPD, *(v for v in variants if v != OPD)]:
+        torch.manual_seed(0)
+        with tempfile.TemporaryDirectory() as out:
+            seconds[variant] = train_once(variant, 0, steps, train, tokenizer, teacher, out)[1] / steps
+    lines = [f"| variant ({steps} steps each) | s/step | × plain OPD |", "| --- | --- | --- |"]
+    lines += [f"| {v} | {t:.2f} | {t / seconds[OPD]:.2f} |" for v, t in seconds.items()]
+    return "\n".join(lines)
 
 
 def table(path: Path) -> str:
