@@ -76,7 +76,7 @@ def main(argv=None):
         print(table(args.out))
         return
     if args.step_time:
-        print(step_time_table(args.step_time, args.variants))
+        print(step_time_table(args.step_time, args.variants, RESULTS / "brts_step_time.csv"))
         return
 
 
@@ -112,9 +112,10 @@ def main(argv=None):
                   f" ({seconds / args.steps:.2f} s/step)", flush=True)
 
 
-def step_time_table(steps: int, variants: list[str]) -> str:
+def step_time_table(steps: int, variants: list[str], csv_path: Path | None = None) -> str:
     """Seconds per training step of each variant, run back to back on the same prompts and seed (so under the same
-    machine load, unlike the study's runs), as a markdown table with the ratio to plain OPD."""
+    machine load, unlike the study's runs), as a markdown table with the ratio to plain OPD; also written to
+    `csv_path`."""
     import torch
 
     from trl_reasoning_distill import load_toy_teacher, load_toy_tokenizer, toy_dataset
@@ -128,6 +129,13 @@ def step_time_table(steps: int, variants: list[str]) -> str:
         torch.manual_seed(0)
         with tempfile.TemporaryDirectory() as out:
             seconds[variant] = train_once(variant, 0, steps, train, tokenizer, teacher, out)[1] / steps
+    if csv_path is not None:
+        fields = ["variant", "steps", "seconds_per_step", "ratio_to_plain_opd"]
+        csv_path.unlink(missing_ok=True)
+        finished_rows(csv_path, fields)
+        for variant, time_ in seconds.items():
+            append_row(csv_path, fields, {"variant": variant, "steps": steps, "seconds_per_step": time_,
+                                     "ratio_to_plain_opd": time_ / seconds[OPD]})
     lines = [f"| variant ({steps} steps each) | s/step | × plain OPD |", "| --- | --- | --- |"]
     lines += [f"| {v} | {t:.2f} | {t / seconds[OPD]:.2f} |" for v, t in seconds.items()]
     return "\n".join(lines)

@@ -299,5 +299,6 @@ def test_toy_benchmark_resumes_and_tabulates(tmp_path):
     assert all(0.0 <= float(row[split]) <= 1.0 for row in rows for split in ("accuracy_easy", "accuracy_hard"))
     table = module.table(out)
     assert "| BRTS N=2 + recovery | 1 |" in table and "| plain OPD (student-context term only) | 1 |" in table
-    step_times = module.step_time_table(1, ["BRTS N=2"])
+    step_times = module.step_time_table(1, ["BRTS N=2"], tmp_path / "step_time.csv")
+    assert len(list(csv.DictReader((tmp_path / "step_time.csv").open()))) == 2
     assert "| plain OPD (student-context term only) | " in step_times and "| BRTS N=2 | " in step_times
