@@ -4,7 +4,12 @@ reference written here from its definition. Sizes are tiny and odd so that chunk
 import pytest
 import torch
 
-from trl_reasoning_distill.chunked import chunked_distill_loss, chunked_distill_loss_topk, chunked_topk
+from trl_reasoning_distill.chunked import (
+    chunked_distill_loss,
+    chunked_distill_loss_topk,
+    chunked_topk,
+    default_chunk_size,
+)
 from trl_reasoning_distill.divergence import DIVERGENCES, entropy, per_token_divergence
 
 N, H, H_T, V = 13, 8, 6, 11
@@ -404,3 +409,7 @@ def test_gate_needs_a_positive_tau_and_the_sum():
         chunked_distill_loss(student_NH, student_VH, teacher_NH, teacher_VH, gate_tau=0.0)
     with pytest.raises(ValueError, match="gate_tau"):
         chunked_distill_loss(student_NH, student_VH, teacher_NH, teacher_VH, gate_tau=1.0, reduction="none")
+
+
+def test_default_chunk_size_keeps_one_buffer_at_256_mib():
+    assert default_chunk_size(152064) == 441 and default_chunk_size(32768) == 2048 and default_chunk_size(2**30) == 1

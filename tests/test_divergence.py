@@ -287,3 +287,9 @@ def _micro_batch(num_tokens, H, V, T=8):
     mask_BT = torch.zeros(1, T, dtype=torch.bool)
     mask_BT[0, :num_tokens] = True
     return torch.randn(1, T, H, dtype=torch.float64), torch.randn(1, T, V, dtype=torch.float64), mask_BT
+
+
+def test_global_token_mean_without_a_count_is_the_micro_batch_mean():
+    values_BT, mask_BT = torch.randn(2, 5), torch.rand(2, 5) < 0.6
+    torch.testing.assert_close(global_token_mean(values_BT, mask_BT, None, num_processes=4),
+                               masked_mean(values_BT, mask_BT))

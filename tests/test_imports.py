@@ -1,8 +1,8 @@
 """The import-boundary rules of DESIGN.md section 2, enforced statically (`ast`) and dynamically (blocked imports).
 
 - Only `_trl.py` imports `trl`.
-- The pure modules (`divergence.py`, `chunked.py` with its `_chunk_math.py`, everything in `verify/`, every `loss.py`
-  and `selection.py`) import only torch, the standard library and each other.
+- The pure modules (`divergence.py`, `chunked.py` with its `_chunk_math.py`, `_checks.py`, everything in `verify/`,
+  every `loss.py` and `selection.py`) import only torch, the standard library and each other.
 - vllm, flash_attn, bitsandbytes and math_verify are imported inside function bodies only, so the package imports
   without them.
 """
@@ -50,7 +50,7 @@ def all_modules() -> dict[str, Path]:
 
 
 def pure_modules() -> dict[str, Path]:
-    paths = {PACKAGE_DIR / "divergence.py", PACKAGE_DIR / "chunked.py", PACKAGE_DIR / "_chunk_math.py"}
+    paths = {PACKAGE_DIR / name for name in ("divergence.py", "chunked.py", "_chunk_math.py", "_checks.py")}
     paths |= set((PACKAGE_DIR / "verify").rglob("*.py"))
     paths |= set(PACKAGE_DIR.rglob("loss.py")) | set(PACKAGE_DIR.rglob("selection.py"))
     return {module_name(p): p for p in sorted(paths) if p.exists()}

@@ -331,12 +331,17 @@ def _reduce(student_hidden, student_lm_head, index_R, chunk_fn, spec, token_weig
     return _scatter(losses_R, index_R, num_rows), entropy_N
 
 
+def default_chunk_size(vocab_size: int) -> int:
+    """Tokens per chunk when none is given: one float32 `[C, V]` buffer of 256 MiB (C = 441 for V = 152K)."""
+    return max(1, _BUFFER_ELEMENTS // vocab_size)
+
+
 def _make_spec(
     student_hidden, divergence, beta, alpha, temperature, vocab, chunk_size, with_entropy, gate_tau=None
 ) -> _Spec:
     """Settings of one call; the compute dtype is float64 for float64 inputs, float32 otherwise."""
     dtype = torch.float64 if student_hidden.dtype == torch.float64 else torch.float32
-    chunk = chunk_size if chunk_size is not None else max(1, _BUFFER_ELEMENTS // vocab)
+    chunk = chunk_size if chunk_size is not None else default_chunk_size(vocab)
     return _Spec(divergence, beta, alpha, temperature, vocab, chunk, dtype, with_entropy or gate_tau is not None,
                  gate_tau)
 

@@ -324,7 +324,7 @@ def masked_mean(
 
 
 def global_token_mean(
-    values: torch.Tensor, mask: torch.Tensor, num_items_in_batch: int | torch.Tensor, num_processes: int = 1
+    values: torch.Tensor, mask: torch.Tensor, num_items_in_batch: int | torch.Tensor | None, num_processes: int = 1
 ) -> torch.Tensor:
     """
     This process's share of the mean over all loss tokens of the global batch, correct under gradient accumulation
@@ -342,11 +342,14 @@ def global_token_mean(
         mask (`torch.Tensor`):
             Bool or float tensor broadcastable to `values` (0/1 mask or per-token weights).
         num_items_in_batch (`int` or `torch.Tensor`):
-            Loss-token count of the whole global batch (all micro-batches, all processes).
+            Loss-token count of the whole global batch (all micro-batches, all processes); `None` (evaluation, a
+            direct call) gives the mean over this micro-batch's mask, `masked_mean(values, mask)`.
         num_processes (`int`, *optional*, defaults to `1`):
             Number of data-parallel processes whose gradients are averaged.
 
     Returns:
         `torch.Tensor`: 0-dim tensor.
     """
+    if num_items_in_batch is None:
+        return masked_mean(values, mask)
     return _divide_by_count(masked_sum(values, mask) * num_processes, num_items_in_batch)

@@ -18,20 +18,15 @@ from dataclasses import dataclass
 
 import torch
 
+from .._checks import check_choice as _check_choice
 from ..chunked import chunked_distill_loss_topk
-from ..divergence import _log_softmax, global_token_mean, masked_mean, reverse_kl
+from ..divergence import _log_softmax, global_token_mean, reverse_kl
 
 DEFAULT_TOP_K = 16  # spec §2.1 and §3: the code's LOG_PROB_TOP_K, for both branches and the alignment score
 DEFAULT_TEACHER_CONTEXT_COEF = 0.05  # spec §2.10 and §8 item 1: the code's AUX_TEACHER_CTX_KD_COEF (paper value lost)
 STUDENT_CONTEXT_ESTIMATORS = ("topk_rkl", "full_rkl")  # spec §2.3; §8 item 8 (exact reverse KL, a sanity baseline)
 TEACHER_CONTEXT_MODES = ("teacher_topk_fkl", "student_topk_rkl")  # spec §2.9; §8 item 2
 WEIGHT_MODES = ("student_p", "teacher_p", "none")  # spec §2.3 and §10.2: weights over the student's top-K
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    """Raise a `ValueError` naming `name` unless `value` is one of `choices`."""
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}.")
 
 
 def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -260,13 +255,6 @@ def teacher_topk_fkl_chunked(
     return kl_N + (log_mass_N if mask is None else torch.where(mask.bool(), log_mass_N, 0.0))
 
 
-def _token_mean(values, mask, num_items_in_batch, num_processes) -> torch.Tensor:
-    """Token mean over this micro-batch's mask, or this process's share of the global-batch mean (spec §8 item 9)."""
-    if num_items_in_batch is None:
-        return masked_mean(values, mask)
-    return global_token_mean(values, mask, num_items_in_batch, num_processes)
-
-
 def student_context_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -323,7 +311,7 @@ def student_context_loss(
             weight_mode=weight_mode,
             temperature=temperature,
         )
-    return _token_mean(per_token, mask, num_items_in_batch, num_processes)  # Eq. (3)
+    return global_token_mean(per_token, mask, num_items_in_batch, num_processes)  # Eq. (3), spec §8 item 9
 
 
 def teacher_context_loss(
@@ -370,7 +358,7 @@ def teacher_context_loss(
     else:
         ids_K, logprobs_K = teacher_topk(teacher_logits, top_k, temperature)
         per_token = teacher_topk_fkl(student_logits, ids_K, logprobs_K, temperature=temperature)
-    return _token_mean(per_token, mask, num_items_in_batch, num_processes)  # Eq. (4)
+    return global_token_mean(per_token, mask, num_items_in_batch, num_processes)  # Eq. (4), spec §8 item 9
 
 
 @dataclass

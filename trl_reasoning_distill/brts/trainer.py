@@ -21,12 +21,13 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .._trl import unwrap_model_for_generation
-from ..chunked import chunked_distill_loss, chunked_topk
+from ..chunked import chunked_distill_loss, chunked_topk, default_chunk_size
+from ..divergence import global_token_mean
 from ..generation import Generator, HFGenerator, Sample
 from ..kd_trainer import AnswerCollator, KDTrainer, last_hidden_state
 from ..verify import extract_answer, grade
 from .config import BRTSConfig
-from .loss import BRTSLossOutput, _token_mean, brts_loss, student_topk_rkl, teacher_topk, teacher_topk_fkl_chunked
+from .loss import BRTSLossOutput, brts_loss, student_topk_rkl, teacher_topk, teacher_topk_fkl_chunked
 from .selection import (
     mentions_validation_key,
     recovery_prompts,
@@ -37,8 +38,6 @@ from .selection import (
     take_selected,
     teacher_context_mask,
 )
-
-LOGITS_BUFFER_ELEMENTS = 2**26  # default chunk: [C, V] float32 logits of 256 MiB, as chunked.py's default
 
 
 class BRTSTrainer(KDTrainer):
@@ -256,14 +255,14 @@ class BRTSTrainer(KDTrainer):
         P, coef = self.accelerator.num_processes, self.args.teacher_context_coef
         student_MH, teacher_MH, mask_BT = self._hidden(model, inputs, "")
         values_M = self._student_context_values(model, student_MH, teacher_MH, self.args.student_context_estimator)
-        student_context = _token_mean(values_M, torch.ones_like(values_M), num_items_in_batch, P)  # Eq. (3)
+        student_context = global_token_mean(values_M, torch.ones_like(values_M), num_items_in_batch, P)  # Eq. (3)
         if "selected_input_ids" not in inputs:
             return BRTSLossOutput(student_context, student_context, torch.zeros_like(student_context.detach())), (
                 mask_BT, None)
         with torch.set_grad_enabled(torch.is_grad_enabled() and coef > 0):
             student_MH, teacher_MH, selected_mask_BT = self._hidden(model, inputs, "selected_")
             values_M = self._teacher_context_values(model, student_MH, teacher_MH)
-            teacher_context = _token_mean(values_M, torch.ones_like(values_M), selected_num_items, P)  # Eq. (4)
+            teacher_context = global_token_mean(values_M, torch.ones_like(values_M), selected_num_items, P)  # Eq. (4)
         loss = student_context if coef == 0 else student_context + coef * teacher_context  # Eq. (5)
         return BRTSLossOutput(loss, student_context, teacher_context), (mask_BT, selected_mask_BT)
 
@@ -310,9 +309,8 @@ class BRTSTrainer(KDTrainer):
                                         temperature=temperature, chunk_size=chunk_size, vocab_size=self.vocab_size)
 
     def _chunk_size(self) -> int:
-        """Tokens per chunk: `loss_chunk_size`, or (for -1 and 0) the size that keeps `[C, V]` logits at 256 MiB."""
-        return self.args.loss_chunk_size if self.args.loss_chunk_size > 0 else max(
-            1, LOGITS_BUFFER_ELEMENTS // self.vocab_size)
+        """Tokens per chunk: `loss_chunk_size`, or (for -1 and 0) the chunked loss's default for this vocabulary."""
+        return self.args.loss_chunk_size if self.args.loss_chunk_size > 0 else default_chunk_size(self.vocab_size)
 
     def _log_terms(self, out: BRTSLossOutput, masks: tuple, counts: tuple) -> None:
         """Log each branch as this micro-batch's token mean: undo the global-batch share the loss terms carry."""

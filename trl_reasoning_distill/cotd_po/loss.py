@@ -18,6 +18,8 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_choice as _check_choice
+
 LOGP_AGGREGATIONS = ("padded_mean", "sum", "mean")
 REWARD_NORMALIZATIONS = ("minmax", "none", "zscore")
 RATIONALE_REDUCTIONS = ("token_mean", "sum")
@@ -41,11 +43,6 @@ __all__ = [
     "target_distribution",
     "token_log_probs",
 ]
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
 
 
 def _check_positive(name: str, value: float) -> None:

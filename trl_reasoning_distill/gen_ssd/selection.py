@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import torch
 
+from .._checks import check_choice as _check_choice
+
 RULES = ("low", "high", "random")  # selection rule, paper Table 4 / spec §8 A16 (rule also drives the final pick)
 CANDIDATES_PER = ("beam", "step")  # K_c per surviving beam (Eq. 3) or split over the survivors, spec §8 A2
 BEAM_SCORES = ("chunk", "cumulative")  # rank by chunk PPL (Eq. 4) or by the PPL of prefix + chunk, spec §8 A3
@@ -74,11 +76,6 @@ class FinalPick(NamedTuple):
 
 
 # --- checks ------------------------------------------------------------------------------------------------------
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}.")
 
 
 def _check_positive_int(name: str, value: int) -> None:

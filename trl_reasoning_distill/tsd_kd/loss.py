@@ -272,11 +272,8 @@ def tsd_kd_loss(
     indirect = masked_mean(pl_N, torch.ones_like(pl_N))
     scope = "batch" if reference_code_compat else entropy_scope  # the code: one mean over I, padding included
     entropy_term = _selective_entropy(student_entropy_BT, selected_BT, scope)  # Eq. (12)
-    if num_items_in_batch is None:
-        direct, share = masked_mean(weighted_BT, valid_BT), 1.0
-    else:
-        direct = global_token_mean(weighted_BT, valid_BT, num_items_in_batch, num_processes)
-        share = global_token_mean(torch.ones_like(jsd_BT.detach()), valid_BT, num_items_in_batch, num_processes)
+    direct = global_token_mean(weighted_BT, valid_BT, num_items_in_batch, num_processes)
+    share = global_token_mean(torch.ones_like(jsd_BT.detach()), valid_BT, num_items_in_batch, num_processes)
     indirect, entropy_term = indirect * share, entropy_term * share
     loss = direct + entropy_coef * entropy_term + indirect_coef * indirect  # Eq. (13)
     return _output(loss, direct, indirect, entropy_term, gate_BT, opener_BT, selected_BT, valid_BT)

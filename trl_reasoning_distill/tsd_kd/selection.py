@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .._checks import check_choice as _check_choice
+
 ENTROPY_SCOPES = ("sequence", "batch")
 _COUNT_SLACK = 1e-6  # ceil(ratio · L) - slack, so that 0.7 · 10 keeps 7 tokens, not 8
 
@@ -23,12 +25,6 @@ def _check_ratio(name: str, value: float) -> None:
     """Raise a `ValueError` naming `name` unless `0 <= value <= 1`."""
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"`{name}` must be in [0, 1], got {value}.")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    """Raise a `ValueError` naming `name` unless `value` is one of `choices`."""
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}.")
 
 
 def _row_ratio(ratio: float | torch.Tensor, name: str, like_BT: torch.Tensor) -> float | torch.Tensor:

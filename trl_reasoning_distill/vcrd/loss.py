@@ -21,16 +21,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_choice as _check_choice
 from ..divergence import skew_kl, skew_reverse_kl
 
 WEIGHTING_RULES = ("ratio", "difference", "student_only", "constant")
 REDUCTIONS = ("seq_mean", "seq_sum")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    """Raise a `ValueError` naming `name` unless `value` is one of `choices`."""
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}.")
 
 
 def _check_clip(clip: tuple[float | None, float | None] | None) -> None:
