@@ -4,6 +4,7 @@ Every data set is built by `GenSSDSampler` (the same code path) from the same tr
 cold-started toy student, and checked with `verify/`:
 
 - **Gen-SSD**: 24-token chunks of a 192-token budget, K = 16, 8, 4 per kept prefix, beam 2, lowest student PPL;
+- **Gen-SSD with 4-token chunks and beam 1**: a toy solution then spans ~9 chunks, as a 16K trace spans 8 of 2K;
 - **best-of-16 by student PPL**: one chunk of the whole budget (the paper's App. D setting);
 - **rejection sampling**: one teacher sample per problem, kept if correct (Standard KD's data);
 - **Gen-SSD keeping the highest / a random PPL** (paper Table 4's ablation, second table).
@@ -12,12 +13,15 @@ Table 1 gives teacher tokens generated and wall time per kept correct trajectory
 after SFT on each data set with the same number of examples (the smallest kept count of the seed); table 2 the
 selection rules. Decoding is T = 1.0 (the toy build samples its teacher so), top-p 0.95, top-k 30 for every method.
 Rows are appended to `results/gen_ssd_cost.csv` as each run ends, and the sampled data sets are resumable JSONL files
-in `results/gen_ssd_cost/`, so a stopped benchmark resumes where it stopped (a sampling run cut short is redone from
-scratch, so that its wall time is whole).
+in `results/gen_ssd_cost/` (local, not committed), so a stopped benchmark resumes where it stopped (a sampling run
+cut short is redone from scratch, so that its wall time is whole).
 
     python benchmarks/gen_ssd_cost.py                    # 3 seeds
     python benchmarks/gen_ssd_cost.py --problems 8 --seeds 0 --steps 2 --n_test 4 --out /tmp/gen_ssd_cost.csv
     python benchmarks/gen_ssd_cost.py --table            # the markdown tables of the CSV, mean ± std over seeds
+
+The figure `results/gen_ssd_cost.png` (teacher tokens per kept trajectory, and accuracy after SFT, per data set) is
+drawn from the CSV at the end of a run and by `--table`.
 """
 
 import argparse
@@ -35,11 +39,13 @@ CHUNK, BUDGET = 24, 192  # toy scale (ours): toy solutions are 20-120 tokens
 DECODING = {"temperature": 1.0, "top_p": 0.95, "top_k": 30}
 GEN_SSD, BEST_OF_16, PLAIN = "Gen-SSD (lowest PPL)", "best-of-16 by student PPL", "rejection sampling (1 sample)"
 HIGH, RANDOM = "Gen-SSD, highest PPL", "Gen-SSD, random PPL"
+FINE_CHUNK = 4  # ours: a toy solution (~36 tokens) spans ~9 such chunks, as a 16K trace spans 8 chunks of 2K
+GEN_SSD_FINE = f"Gen-SSD, {FINE_CHUNK}-token chunks, beam 1"
 METHODS = {  # name -> (sampling kind, selection rule)
-    GEN_SSD: ("chunked", "low"), BEST_OF_16: ("best_of_16", "low"), PLAIN: ("plain", "low"),
-    HIGH: ("chunked", "high"), RANDOM: ("chunked", "random"),
+    GEN_SSD: ("chunked", "low"), GEN_SSD_FINE: ("fine", "low"), BEST_OF_16: ("best_of_16", "low"),
+    PLAIN: ("plain", "low"), HIGH: ("chunked", "high"), RANDOM: ("chunked", "random"),
 }
-COST_TABLE, RULE_TABLE = (GEN_SSD, BEST_OF_16, PLAIN), (GEN_SSD, HIGH, RANDOM)
+COST_TABLE, RULE_TABLE = (GEN_SSD, GEN_SSD_FINE, BEST_OF_16, PLAIN), (GEN_SSD, HIGH, RANDOM)
 FIELDS = ["kind", "method", "seed", "problems", "kept", "teacher_tokens", "seconds", "mean_student_ppl",
           "mean_completion_tokens", "examples", "steps", "accuracy", "eval_n", "device"]
 
@@ -49,6 +55,8 @@ def sampling_for(kind: str):
 
     if kind == "chunked":
         return ChunkSampling(chunk_size=CHUNK, max_new_tokens=BUDGET, **DECODING)
+    if kind == "fine":
+        return ChunkSampling(chunk_size=FINE_CHUNK, max_new_tokens=BUDGET, beam_width=1, **DECODING)
     if kind == "best_of_16":
         return ChunkSampling.best_of(16, BUDGET, **DECODING)
     return ChunkSampling.plain(BUDGET, **DECODING)
@@ -105,6 +113,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.table:
         print(tables(args.out))
+        plot(args.out, args.out.with_suffix(".png"))
         return
 
     import torch
@@ -143,6 +152,7 @@ def main(argv=None):
                              "accuracy": accuracy, "eval_n": args.n_test, "seconds": time.time() - start,
                              "device": device})
             print(f"{method:<32} seed {seed}: accuracy {accuracy:.3f} after SFT on {examples} examples", flush=True)
+    plot(args.out, args.out.with_suffix(".png"))
 
 
 def data_path(work: Path, method: str, seed: int) -> Path:
@@ -193,6 +203,38 @@ def tables(path: Path) -> str:
         kept, _, _, ppl, length, accuracy, per_seed, _ = cells(m)
         lines.append(f"| {m} | {kept} | {ppl} | {length} | {accuracy} | {per_seed} |")
     return "\n".join(lines)
+
+
+def plot(path: Path, png: Path) -> None:
+    """Two panels per data set: teacher tokens generated per kept correct trajectory (all seeds pooled), and held-out
+    accuracy after SFT (mean ± sample std over seeds, the cold-started student as a dashed line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(path.open()))
+    methods = [m for m in METHODS if any(r["kind"] == "sample" and r["method"] == m for r in rows)]
+    fig, (cost, accuracy) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, method in enumerate(methods):
+        sampled = [r for r in rows if r["kind"] == "sample" and r["method"] == method]
+        kept = sum(int(r["kept"]) for r in sampled)
+        cost.bar(i, sum(int(r["teacher_tokens"]) for r in sampled) / max(kept, 1), color="tab:blue")
+        values = [float(r["accuracy"]) for r in rows if r["kind"] == "sft" and r["method"] == method]
+        if values:
+            accuracy.bar(i, statistics.mean(values), yerr=statistics.stdev(values) if len(values) > 1 else 0,
+                         capsize=3, color="tab:green")
+    base = [float(r["accuracy"]) for r in rows if r["kind"] == "sft" and r["method"] == "student (cold start)"]
+    if base:
+        accuracy.axhline(statistics.mean(base), color="0.4", linestyle="--", label="cold-started student")
+        accuracy.legend(loc="lower right")
+    for ax, label in ((cost, "teacher tokens per kept correct trajectory"), (accuracy, "held-out pass@1 after SFT")):
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+    fig.suptitle("Gen-SSD on the toy world: teacher cost of the data, and what it is worth")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -438,6 +438,7 @@ def test_cost_benchmark_runs_resumes_and_tabulates(tmp_path, capsys):
         ("sft", module.GEN_SSD), ("sft", module.PLAIN)]
     sampled = {r["method"]: r for r in rows if r["kind"] == "sample"}
     assert int(sampled[module.GEN_SSD]["teacher_tokens"]) > int(sampled[module.PLAIN]["teacher_tokens"])
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     module.main(["--out", str(out), "--table"])
     table = capsys.readouterr().out
     assert f"| {module.GEN_SSD} |" in table and f"| {module.PLAIN} |" in table
