@@ -1,4 +1,4 @@
-"""End to end on the toy world: every example script and the demo, for a couple of steps each (slow)."""
+"""End to end on the toy world: every example script, a couple of steps each (slow); the demo: test_reproduce.py."""
 
 import subprocess
 import sys
@@ -35,10 +35,3 @@ def test_example_runs(script, tmp_path):
               ROOT / "examples", tmp_path)
     assert "student before: greedy pass@1" in out and "student after" in out
     assert (tmp_path / "run" / "model.safetensors").exists()
-
-
-@pytest.mark.slow
-def test_demo_prints_the_table(tmp_path):
-    out = run(["-m", "trl_reasoning_distill.demo", "--steps", "2", "--n_test", "4", "--n_train", "16"], ROOT, tmp_path)
-    for row in ("student (cold start)", "student + Standard KD", "student + GKD (on-policy)", "teacher"):
-        assert f"| {row} |" in out

@@ -1,7 +1,8 @@
-"""`trl-distill`: evaluate a model, run the toy demo, rebuild the toy world.
+"""`trl-distill`: evaluate a model, run the toy reproduction or the demo, rebuild the toy world.
 
     trl-distill eval --model toy-student --dataset toy:test:500 --k 8 --output runs/student.jsonl
     trl-distill eval --model ./checkpoints/step-1000 --dataset data/gsm8k_test.jsonl --max_new_tokens 2048
+    trl-distill reproduce --seeds 0 1 2 --out benchmarks/results/reproduce.csv
     trl-distill demo
     trl-distill build-toy
 """
@@ -75,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--extraction", default="auto", help="answer extraction mode (verify.EXTRACTION_MODES)")
     ev.add_argument("--output", default=None, help="per-example JSONL (resumed if it exists)")
     ev.add_argument("--trust_remote_code", action="store_true")
-    sub.add_parser("demo", help="the baselines on the toy world (make demo)")
+    sub.add_parser("reproduce", help="every method on the toy world under one budget (see --help)", add_help=False)
+    sub.add_parser("demo", help="the toy reproduction at a small budget (make demo)", add_help=False)
     sub.add_parser("build-toy", help="retrain the toy teacher and student (about 15-20 min on CPU)")
     return parser
 
@@ -87,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
         if rest:
             raise SystemExit(f"unknown arguments: {rest}")
         cmd_eval(args)
+    elif args.command == "reproduce":
+        from .reproduce import main as reproduce_main
+
+        reproduce_main(rest)
     elif args.command == "demo":
         from .demo import main as demo_main
 

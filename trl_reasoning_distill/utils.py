@@ -28,7 +28,9 @@ def tune_cpu_allocator() -> bool:
 
 def quiet_cpu_run(threads: int = 1) -> None:
     """Set up a long CPU job on the toy models: `tune_cpu_allocator`, `threads` torch threads (one is fastest for
-    the toy models on a small machine), no `datasets` progress bars, transformers errors only."""
+    the toy models on a small machine), no `datasets` progress bars, transformers and TRL errors only."""
+    import logging
+
     import datasets
     import torch
     import transformers
@@ -37,3 +39,5 @@ def quiet_cpu_run(threads: int = 1) -> None:
     torch.set_num_threads(threads)
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars of every model load
+    logging.getLogger("trl").setLevel(logging.ERROR)  # e.g. GKDTrainer's advice to migrate, once per run
