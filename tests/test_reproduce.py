@@ -77,3 +77,19 @@ def test_demo_runs_every_method_once_and_resumes(tmp_path):
     assert float(by_method[rep.TEACHER]["easy_greedy"]) > float(by_method[rep.COLD_START]["easy_greedy"])
     assert out.with_suffix(".png").exists()
     assert "paper's gain" in printed
+
+
+def test_cli_reproduce_table_reads_the_csv_and_draws_the_plot(tmp_path, capsys):
+    from trl_reasoning_distill import cli
+
+    out = tmp_path / "reproduce.csv"
+    rows = rows_of({rep.COLD_START: [0.2], rep.GKD: [0.3, 0.4], rep.VCRD: [0.35, 0.45]})
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, rep.FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    cli.main(["reproduce", "--table", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert f"| {rep.VCRD} | 2 | 0.400 ± 0.071 |" in printed
+    assert f"| {rep.VCRD} | {rep.GKD} | +5.0 pts | +5.0 pts |" in printed
+    assert out.with_suffix(".png").exists()
