@@ -1,13 +1,15 @@
 """CoTD-PO, chain-of-thought distillation with preference optimization (code: github.com/little-mushroom0/COTD_PO).
 
-The pure loss pieces (`loss.py`) need torch only; the teacher scorers (`scoring.py`) take a model and tokenizer as
-arguments and import transformers only inside `RewardModelScorer.from_pretrained`, so importing this package imports
+The pure loss pieces (`loss.py`) need torch only; the teacher scorers (`scoring.py`, and `api_judge.py` for a closed
+teacher) take a model and tokenizer as arguments and import transformers only inside
+`RewardModelScorer.from_pretrained`, so importing this package imports
 neither trl nor transformers. `CoTDPOConfig`, `CoTDPOTrainer` and the rounds driver (which import trl) load on first
 access.
 """
 
 import importlib
 
+from .api_judge import JUDGE_PROMPT_TEMPLATE, APIJudgeScorer, JudgeAPIError, parse_judge_rating
 from .loss import (
     LOGP_AGGREGATIONS,
     LOSS_MODES,
@@ -27,14 +29,10 @@ from .loss import (
     token_log_probs,
 )
 from .scoring import (
-    JUDGE_PROMPT_TEMPLATE,
-    APIJudgeScorer,
-    JudgeAPIError,
     LogProbTeacherScorer,
     RewardModelScorer,
     TeacherScorer,
     ToyCorrectnessScorer,
-    parse_judge_rating,
     rescale_rewards,
 )
 
