@@ -40,15 +40,15 @@ from .selection import (
 )
 
 _LAZY = {
-    "ChunkProposer": "sampler",
+    "ChunkProposer": "models",
     "ChunkSampling": "sampler",
     "GenSSDSampler": "sampler",
     "GenerationSelectionCallback": "sampler",
-    "HFChunkProposer": "sampler",
-    "GeneratorProposer": "sampler",
+    "HFChunkProposer": "models",
+    "GeneratorProposer": "models",
     "RoundInfo": "sampler",
     "SamplingSummary": "sampler",
-    "StudentScorer": "sampler",
+    "StudentScorer": "models",
     "Trajectory": "sampler",
     "sample_chunked": "sampler",
     "split_cold_start": "sampler",
