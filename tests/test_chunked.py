@@ -7,6 +7,7 @@ import torch
 from trl_reasoning_distill.chunked import (
     chunked_distill_loss,
     chunked_distill_loss_topk,
+    chunked_logits,
     chunked_topk,
     default_chunk_size,
 )
@@ -372,6 +373,17 @@ def test_chunked_topk_matches_torch_topk(chunk_size):
     hidden_NH, head_VH = torch.randn(7, 5, dtype=torch.float64), torch.randn(11, 5, dtype=torch.float64)
     ids_NK = chunked_topk(hidden_NH, head_VH, 4, chunk_size=chunk_size, vocab_size=9)
     torch.testing.assert_close(ids_NK, (hidden_NH @ head_VH[:9].T).topk(4, dim=-1).indices)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_chunked_logits_are_the_full_logits_in_row_chunks(dtype):
+    hidden_NH, head_VH = torch.randn(7, 5, dtype=dtype, requires_grad=True), torch.randn(11, 5, dtype=dtype)
+    chunks = [(logits.clone(), logits.data_ptr()) for logits in chunked_logits(hidden_NH, head_VH, chunk_size=3,
+                                                                                vocab_size=9)]
+    assert [c.shape for c, _ in chunks] == [(3, 9), (3, 9), (1, 9)]
+    assert len({ptr for _, ptr in chunks}) == 1  # one reused buffer
+    assert all(c.dtype == dtype and not c.requires_grad for c, _ in chunks)
+    torch.testing.assert_close(torch.cat([c for c, _ in chunks]), (hidden_NH @ head_VH[:9].T).detach())
 
 
 def test_chunked_topk_checks_its_arguments():

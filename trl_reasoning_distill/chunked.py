@@ -23,6 +23,7 @@ The gradient w.r.t. the student logits is written in closed form, `a - q · sum(
 divergence in `_TERMS`; the tests check it against autograd of `divergence.py`, which defines every divergence.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -581,20 +582,58 @@ def chunked_topk(
     Returns:
         `torch.Tensor`: Long tensor of shape `[N, k]`.
     """
+    vocab = _check_head(hidden, lm_head, vocab_size, chunk_size)
+    if not 1 <= k <= vocab:
+        raise ValueError(f"`k` must be in [1, {vocab}], got {k}.")
+    ids_NK = torch.empty(hidden.shape[0], k, dtype=torch.long, device=hidden.device)
+    start = 0
+    for logits_CV in chunked_logits(hidden, lm_head, chunk_size=chunk_size, vocab_size=vocab):
+        ids_NK[start : start + logits_CV.shape[0]] = logits_CV.topk(k, dim=-1).indices
+        start += logits_CV.shape[0]
+    return ids_NK
+
+
+def _check_head(hidden: torch.Tensor, lm_head: torch.Tensor, vocab_size: int | None, chunk_size: int | None) -> int:
+    """The vocabulary `hidden [N, H] @ lm_head [V, H].T` is sliced to, after checking the shapes and chunk size."""
     if hidden.dim() != 2 or lm_head.dim() != 2 or hidden.shape[1] != lm_head.shape[1]:
         raise ValueError(f"Expected hidden [N, H] and lm_head [V, H], got {tuple(hidden.shape)} and "
                          f"{tuple(lm_head.shape)}.")
-    vocab = _shared_vocab_size(lm_head.shape[0], lm_head.shape[0], vocab_size)
     _check_settings(1.0, "sum", chunk_size, None)
-    if not 1 <= k <= vocab:
-        raise ValueError(f"`k` must be in [1, {vocab}], got {k}.")
+    return _shared_vocab_size(lm_head.shape[0], lm_head.shape[0], vocab_size)
+
+
+@torch.no_grad()
+def chunked_logits(
+    hidden: torch.Tensor,
+    lm_head: torch.Tensor,
+    *,
+    chunk_size: int | None = None,
+    vocab_size: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """
+    The logits `hidden @ lm_head[:vocab_size].T`, `chunk_size` rows at a time and without gradient, in the compute
+    dtype of [`chunked_distill_loss`] (float64 for float64 hidden states, float32 otherwise). Every chunk is written
+    into the same `[C, V]` buffer: use it before asking for the next one.
+
+    Args:
+        hidden (`torch.Tensor`):
+            Final hidden states of shape `[N, H]`.
+        lm_head (`torch.Tensor`):
+            Output embedding of shape `[V, H]`.
+        chunk_size (`int` or `None`, *optional*, defaults to `None`):
+            Rows per chunk; `None` is the default of [`chunked_distill_loss`].
+        vocab_size (`int` or `None`, *optional*, defaults to `None`):
+            Use only the first `vocab_size` rows of `lm_head` (padded embedding rows dropped); `None`: all.
+
+    Yields:
+        `torch.Tensor`: `[C, vocab_size]` logits of rows `i * C` to `(i + 1) * C` (fewer in the last chunk).
+    """
+    vocab = _check_head(hidden, lm_head, vocab_size, chunk_size)
     spec = _make_spec(hidden, "generalized_jsd", 0.5, 0.1, 1.0, vocab, chunk_size, False)
-    head_VH = _matmul_head(lm_head[:vocab], hidden, spec.dtype)
+    head_VH = _matmul_head(lm_head.detach()[:vocab], hidden, spec.dtype)
     workspace = _Workspace(min(spec.chunk_size, max(1, hidden.shape[0])), vocab, spec.dtype, hidden.device)
-    ids_NK = torch.empty(hidden.shape[0], k, dtype=torch.long, device=hidden.device)
     for start in range(0, hidden.shape[0], spec.chunk_size):
         rows = slice(start, start + spec.chunk_size)
         logits_CV = workspace.take(0, hidden[rows].shape[0])
-        _project(logits_CV, hidden[rows], head_VH, 1.0)
-        ids_NK[rows] = logits_CV.topk(k, dim=-1).indices
-    return ids_NK
+        _project(logits_CV, hidden.detach()[rows], head_VH, 1.0)
+        yield logits_CV

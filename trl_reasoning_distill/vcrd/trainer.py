@@ -23,9 +23,8 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForTokenClassification
 
-from .._chunk_math import _matmul_head, _project
 from .._trl import unwrap_model_for_generation
-from ..chunked import chunked_distill_loss
+from ..chunked import chunked_distill_loss, chunked_logits, default_chunk_size
 from ..generation import HFGenerator
 from ..kd_trainer import KDTrainer, last_hidden_state
 from ..toy.prm import split_steps
@@ -218,22 +217,18 @@ class VCRDTrainer(KDTrainer):
 
     @torch.no_grad()
     def _map_logits(self, fn, mask_2BT: torch.Tensor, sources) -> torch.Tensor:
-        """`fn(*logits)` over the masked positions, each source's `(C, V)` logits formed `C` rows at a time from its
-        hidden states and head (or taken from full logits when its head is None); `(N,)`, row-major order."""
-        rows = [x.detach()[mask_2BT] for x, _ in sources]
-        heads = [None if head is None else _matmul_head(head.detach()[: self.vocab_size], x, torch.float32)
-                 for x, (_, head) in zip(rows, sources)]
-        chunk = self.args.loss_chunk_size if self.args.loss_chunk_size > 0 else max(1, 2**26 // self.vocab_size)
-        outputs = []
-        for start in range(0, rows[0].shape[0], chunk):
-            logits = []
-            for x, head in zip(rows, heads):
-                part = x[start : start + chunk]
-                if head is not None:
-                    part, hidden = part.new_empty(part.shape[0], self.vocab_size, dtype=torch.float32), part
-                    _project(part, hidden, head, 1.0)
-                logits.append(part.float())
-            outputs.append(fn(*logits))
+        """`fn(*logits)` over the masked positions, each source's `(C, V)` float32 logits formed `C` rows at a time
+        from its hidden states and head (`chunked_logits`), or sliced from full logits when its head is None; `(N,)`,
+        row-major order."""
+        chunk = self.args.loss_chunk_size if self.args.loss_chunk_size > 0 else default_chunk_size(self.vocab_size)
+        streams = []
+        for x, head in sources:
+            rows = x.detach()[mask_2BT]
+            if head is None:
+                streams.append(rows.split(chunk))
+            else:
+                streams.append(chunked_logits(rows, head, chunk_size=chunk, vocab_size=self.vocab_size))
+        outputs = [fn(*(part.float() for part in logits)) for logits in zip(*streams, strict=True)]
         return torch.cat(outputs) if outputs else torch.zeros(0, device=mask_2BT.device)
 
     @torch.no_grad()
