@@ -32,11 +32,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from trl_reasoning_distill.reproduce import GEN_SSD_TOY
 from trl_reasoning_distill.results import append_row, finished_rows, mean_std
 
 RESULTS = Path(__file__).parent / "results"
-CHUNK, BUDGET = 24, 192  # toy scale (ours): toy solutions are 20-120 tokens
-DECODING = {"temperature": 1.0, "top_p": 0.95, "top_k": 30}
+CHUNK, BUDGET = GEN_SSD_TOY["chunk_size"], GEN_SSD_TOY["max_new_tokens"]  # 24, 192 (ours): ~36-token solutions
+DECODING = {key: GEN_SSD_TOY[key] for key in ("temperature", "top_p", "top_k")}
 GEN_SSD, BEST_OF_16, PLAIN = "Gen-SSD (lowest PPL)", "best-of-16 by student PPL", "rejection sampling (1 sample)"
 HIGH, RANDOM = "Gen-SSD, highest PPL", "Gen-SSD, random PPL"
 FINE_CHUNK = 4  # ours: a toy solution (~36 tokens) spans ~9 such chunks, as a 16K trace spans 8 chunks of 2K
@@ -174,18 +175,27 @@ def _spread(values: list[float], digits: int = 3) -> str:
     return mean_std(values, digits) if values else "-"
 
 
+def _of(rows: list[dict], kind: str, method: str) -> list[dict]:
+    """The CSV rows of one kind and method, by seed."""
+    return sorted((r for r in rows if r["kind"] == kind and r["method"] == method), key=lambda r: int(r["seed"]))
+
+
+def _per_kept(sampled: list[dict], field: str) -> float:
+    """`field` summed over the sampling runs of all seeds, per kept trajectory."""
+    return sum(float(r[field]) for r in sampled) / max(sum(int(r["kept"]) for r in sampled), 1)
+
+
 def tables(path: Path) -> str:
     """Markdown: cost and accuracy per data set (table 1), selection rules (table 2); mean ± sample std over seeds."""
     rows = list(csv.DictReader(path.open()))
 
     def of(kind, method):
-        return sorted((r for r in rows if r["kind"] == kind and r["method"] == method), key=lambda r: int(r["seed"]))
+        return _of(rows, kind, method)
 
     def cells(method):
         sampled, trained = of("sample", method), of("sft", method)
         kept, problems = sum(int(r["kept"]) for r in sampled), sum(int(r["problems"]) for r in sampled)
-        tokens = sum(int(r["teacher_tokens"]) for r in sampled) / max(kept, 1)
-        seconds = sum(float(r["seconds"]) for r in sampled) / max(kept, 1)
+        tokens, seconds = _per_kept(sampled, "teacher_tokens"), _per_kept(sampled, "seconds")
         ppl = _spread([float(r["mean_student_ppl"]) for r in sampled if r["mean_student_ppl"]])
         length = _spread([float(r["mean_completion_tokens"]) for r in sampled if r["mean_completion_tokens"]], 1)
         accuracy = [float(r["accuracy"]) for r in trained]
@@ -214,17 +224,15 @@ def plot(path: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = list(csv.DictReader(path.open()))
-    methods = [m for m in METHODS if any(r["kind"] == "sample" and r["method"] == m for r in rows)]
+    methods = [m for m in METHODS if _of(rows, "sample", m)]
     fig, (cost, accuracy) = plt.subplots(1, 2, figsize=(11, 4))
     for i, method in enumerate(methods):
-        sampled = [r for r in rows if r["kind"] == "sample" and r["method"] == method]
-        kept = sum(int(r["kept"]) for r in sampled)
-        cost.bar(i, sum(int(r["teacher_tokens"]) for r in sampled) / max(kept, 1), color="tab:blue")
-        values = [float(r["accuracy"]) for r in rows if r["kind"] == "sft" and r["method"] == method]
+        cost.bar(i, _per_kept(_of(rows, "sample", method), "teacher_tokens"), color="tab:blue")
+        values = [float(r["accuracy"]) for r in _of(rows, "sft", method)]
         if values:
             accuracy.bar(i, statistics.mean(values), yerr=statistics.stdev(values) if len(values) > 1 else 0,
                          capsize=3, color="tab:green")
-    base = [float(r["accuracy"]) for r in rows if r["kind"] == "sft" and r["method"] == "student (cold start)"]
+    base = [float(r["accuracy"]) for r in _of(rows, "sft", "student (cold start)")]
     if base:
         accuracy.axhline(statistics.mean(base), color="0.4", linestyle="--", label="cold-started student")
         accuracy.legend(loc="lower right")

@@ -16,13 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from trl_reasoning_distill.reproduce import TSD_KD_TOY
 from trl_reasoning_distill.results import append_row, finished_rows, mean_std
 
 RESULTS = Path(__file__).parent / "results"
 # Toy-scaled coefficients (ours): on this 104-token vocabulary the paper's weights make the entropy and ranking
 # gradients 75x and 64x the direct term's at the first step (README, TSD-KD), so the student collapses. K=3 keeps
 # the plausible candidates only, and gamma, alpha bring each term's first-step gradient norm to the direct term's.
-TOY = {"top_k": 3, "entropy_coef": 0.015, "indirect_coef": 0.01}
+TOY = TSD_KD_TOY  # K = 3, entropy weight 0.015, alpha 0.01: what `--grad_norms` chose
 VARIANTS = {  # name -> (trainer, config overrides)
     "GKD (generalized JSD, beta 0.9)": ("kd", {"beta": 0.9}),
     "TSD-KD, paper coefficients": ("tsd_kd", {}),

@@ -47,18 +47,21 @@ METRICS = [f"{split}_{metric}" for split in SPLITS for metric in ("greedy", "avg
 FIELDS = ["method", "seed", "steps", "batch", "examples", "teacher_tokens", "train_seconds", "eval_seconds",
           *METRICS, "eval_n"]
 AVG_K, EVAL_TOKENS = 8, 192  # 192 new tokens cover every toy solution style
-TSD_KD_TOY = {"top_k": 3, "entropy_coef": 0.015, "indirect_coef": 0.01}  # benchmarks/tsd_kd_toy.py: paper's collapse
-GEN_SSD_TOY = dict(chunk_size=24, max_new_tokens=192, temperature=1.0, top_p=0.95, top_k=30)  # gen_ssd_cost.py
+# The toy-scaled settings the method studies use too (ours): TSD-KD's extra terms brought to the direct term's first
+# gradient norm (`benchmarks/tsd_kd_toy.py --grad_norms`; the paper's coefficients collapse the toy student), and
+# Gen-SSD's chunks scaled to ~36-token toy solutions, decoded as the toy build samples its teacher (gen_ssd_cost.py).
+TSD_KD_TOY = {"top_k": 3, "entropy_coef": 0.015, "indirect_coef": 0.01}
+GEN_SSD_TOY = dict(chunk_size=24, max_new_tokens=192, temperature=1.0, top_p=0.95, top_k=30)
 COTD_PO_TOY = dict(instruction_template="{prompt}", thought_prefix="<think>", answer_prefix="</think>")
 LEARNING_RATE = {"sft": 1e-3, "kd": 5e-4, "cotd_po": 2e-4}  # ours: the demo's and the toy studies' rates
+SAMPLER_BATCH = 16  # problems per GenSSDSampler batch; Gen-SSD's budget is checked after each
 
 
 def _common(out: str, steps: int, batch: int, seed: int, lr: float) -> dict:
     return dict(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
-                learning_rate=lr,
-                lr_scheduler_type="cosine", warmup_steps=0.1, max_length=256, seed=seed, use_cpu=True, bf16=False,
-                report_to="none", save_strategy="no", logging_steps=max(1, steps), disable_tqdm=True,
-                activation_checkpointing=False)
+                learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=0.1, max_length=256, seed=seed,
+                use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=max(1, steps),
+                disable_tqdm=True, activation_checkpointing=False)
 
 
 def _sft(data, ctx: dict, out: str, steps: int, batch: int, seed: int):
@@ -87,11 +90,11 @@ def _sample(kind: str, prompts, ctx: dict, path: Path, seed: int, budget: int | 
     decoding = {k: v for k, v in GEN_SSD_TOY.items() if k != "chunk_size"}
     sampling = ChunkSampling(**GEN_SSD_TOY) if kind == "chunked" else ChunkSampling.plain(**decoding)
     sampler = GenSSDSampler(ctx["teacher"], ctx["student"], ctx["tokenizer"], sampling,
-                            GenerationSelectionCallback("low"), batch_size=16, seed=seed, progress=False)
-    budget = float("inf") if budget is None else budget
+                            GenerationSelectionCallback("low"), batch_size=SAMPLER_BATCH, seed=seed, progress=False)
+    budget, step = (float("inf"), len(prompts)) if budget is None else (budget, SAMPLER_BATCH)
     n = 0
-    while n < len(prompts):
-        n = min(n + 16 if budget < float("inf") else len(prompts), len(prompts))
+    while n < len(prompts):  # a growing prefix resumes the file, and batch k keeps its seed
+        n = min(n + step, len(prompts))
         if sampler.sample(prompts.select(range(n)), path).teacher_tokens >= budget:
             break
     seen, kept = read_records(all_records_path(path)), read_records(path)
@@ -110,16 +113,21 @@ def _sample(kind: str, prompts, ctx: dict, path: Path, seed: int, budget: int | 
 
 def run_standard_kd(prompts, ctx, out, steps, batch, seed):
     data, tokens = _sample("plain", prompts, ctx, Path(out) / "data.jsonl", seed)
-    ctx["standard_kd_tokens"][seed] = tokens
     return _sft(data, ctx, out, steps, batch, seed), len(data), tokens
 
 
 def run_gen_ssd(prompts, ctx, out, steps, batch, seed):
-    budget = ctx["standard_kd_tokens"].get(seed)
-    if budget is None:  # resumed after Standard KD's row was written: its spend is in the CSV
+    standard_kd = ctx["done"].get((STANDARD_KD, seed))  # its row, written this run or read from the CSV
+    if standard_kd is None:
         raise RuntimeError("Gen-SSD's teacher budget is Standard KD's spend on the same seed; run Standard KD first.")
+    budget = int(standard_kd["teacher_tokens"])
     data, tokens = _sample("chunked", prompts, ctx, Path(out) / "data.jsonl", seed, budget)
     return _sft(data, ctx, out, steps, batch, seed), len(data), tokens
+
+
+def _token_count(tokenizer, texts) -> int:
+    """Teacher tokens of generated `texts`: their ids plus the EOS each ended with."""
+    return sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1 for text in texts)
 
 
 def _kd_run(config_cls, trainer_cls, train, ctx, out, steps, batch, seed, **overrides):
@@ -162,8 +170,7 @@ def run_vcrd(prompts, ctx, out, steps, batch, seed):
     data = sample_vcrd_rollouts(ctx["teacher"], ctx["student"], ctx["tokenizer"], prompts,
                                 max_new_tokens=EVAL_TOKENS)
     prompt_lengths = [len(ids) for ids in encode_prompts(ctx["tokenizer"], data["prompt"])]
-    tokens = sum(len(ctx["tokenizer"](text, add_special_tokens=False)["input_ids"]) + 1  # + EOS
-                 for text in data["teacher_completion"])
+    tokens = _token_count(ctx["tokenizer"], data["teacher_completion"])
     trainer = _kd_run(VCRDConfig, VCRDTrainer, data, ctx, out, steps, batch, seed, validity_judge="teacher_prob",
                       lmbda=0.0, max_prompt_length=max(prompt_lengths))  # VCRD's rollouts are the offline ones
     return trainer.model, len(data), tokens
@@ -183,8 +190,7 @@ def run_cotd_po(prompts, ctx, out, steps, batch, seed):
                        ToyCorrectnessScorer(), args, config, rationales=rationales)
     records = [json.loads(line) for r in range(1, rounds + 1)
                for line in (round_dir(out, r) / "samples.jsonl").read_text().splitlines()]
-    tokens = sum(len(ctx["tokenizer"](r["rationale"], add_special_tokens=False)["input_ids"]) + 1
-                 for r in records if r.get("rationale"))
+    tokens = _token_count(ctx["tokenizer"], [r["rationale"] for r in records if r.get("rationale")])
     return model, sum("skipped" not in r for r in records), tokens
 
 
@@ -223,7 +229,7 @@ def measure(model, ctx: dict, n_test: int) -> dict:
 
 
 def reproduce(out: Path, seeds: list[int], steps: int, batch: int, n_test: int, methods: list[str],
-              workdir: Path | None = None, verbose: bool = True) -> list[dict]:
+              verbose: bool = True) -> list[dict]:
     """Run every (method, seed) not yet in `out`; returns the CSV's rows."""
     import torch
 
@@ -241,11 +247,8 @@ def reproduce(out: Path, seeds: list[int], steps: int, batch: int, n_test: int, 
     quiet_cpu_run()
     ctx = {"tokenizer": load_toy_tokenizer(), "teacher": load_toy_teacher(), "student": load_toy_student(),
            "tests": {s: toy_dataset("test", n_test, seed=0, min_ops=lo, max_ops=hi) for s, (lo, hi) in SPLITS.items()},
-           "standard_kd_tokens": {}}
-    done = {(r["method"], int(r["seed"])): r for r in finished_rows(out, FIELDS)}
-    for (method, seed), row in done.items():
-        if method == STANDARD_KD and row["teacher_tokens"]:
-            ctx["standard_kd_tokens"][seed] = int(row["teacher_tokens"])
+           "done": {(r["method"], int(r["seed"])): r for r in finished_rows(out, FIELDS)}}
+    done = ctx["done"]
 
     def record(row: dict) -> None:
         append_row(out, FIELDS, row)
@@ -267,7 +270,7 @@ def reproduce(out: Path, seeds: list[int], steps: int, batch: int, n_test: int, 
             if (method, seed) in done:
                 continue
             torch.manual_seed(seed)
-            with tempfile.TemporaryDirectory(dir=workdir) as run_dir:
+            with tempfile.TemporaryDirectory() as run_dir:
                 began = time.time()
                 model, examples, tokens = RUNNERS[method](prompts, ctx, run_dir, steps, batch, seed)
                 trained = time.time()
