@@ -1,4 +1,4 @@
-"""`make demo` / `trl-distill demo`: the toy reproduction at a small budget, one seed, one table (~6 min on 2 CPU
+"""`make demo` / `trl-distill demo`: the toy reproduction at a small budget, one seed, one table (~3 min on 2 CPU
 cores).
 
 Every method and baseline of `trl_reasoning_distill.reproduce` (its docstring defines the shared budget), trained
