@@ -7,6 +7,7 @@ from datasets import Dataset
 
 from trl_reasoning_distill import evaluation
 from trl_reasoning_distill.evaluation import EvalResult, encode_prompts, evaluate, sample_completions
+from trl_reasoning_distill.fingerprint import StaleOutputError, fingerprint_path
 from trl_reasoning_distill.generation.base import Sample
 from trl_reasoning_distill.toy import toy_dataset
 from trl_reasoning_distill.toy.models import build_student
@@ -213,6 +214,114 @@ def test_resume_after_a_record_cut_short_by_a_crash(model, script, tokenizer, tm
     assert sorted(r["id"] for r in read_jsonl(out)) == list(range(6))
 
 
+def test_a_corrupt_line_before_the_last_names_the_file_and_the_line(model, script, tokenizer, tmp_path):
+    stub = script({p: (box(a), []) for p, a in SIX})
+    out = tmp_path / "eval.jsonl"
+    evaluate(model, tokenizer, rows(*SIX), output_jsonl=out, progress=False)
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:2]) + '{"id": 2, "greedy": "cut\n' + "".join(lines[3:]))  # line 3 is damaged
+    stub.calls.clear()
+    with pytest.raises(ValueError, match=rf"{out}, line 3: not a JSON record"):
+        evaluate(model, tokenizer, rows(*SIX), output_jsonl=out, progress=False)
+    assert stub.calls == []
+    out.write_text("".join(lines[:4]) + '["no id"]\n' + lines[5])
+    with pytest.raises(ValueError, match=rf"{out}, line 5: a record needs an 'id'"):
+        evaluate(model, tokenizer, rows(*SIX), output_jsonl=out, progress=False)
+
+
+# --- fingerprints: records are resumed only by the evaluation that made them -----------------------------------------
+
+
+def test_another_k_into_the_same_output_is_refused_and_overwrite_starts_afresh(model, script, tokenizer, tmp_path):
+    stub = script({p: (box(a), [box(a), box(-1)]) for p, a in FOUR})
+    out = tmp_path / "eval.jsonl"
+    greedy_only = evaluate(model, tokenizer, rows(*FOUR), output_jsonl=out, progress=False)
+    assert greedy_only.greedy_accuracy == 1.0 and greedy_only.avg_at_k is None
+    stub.calls.clear()
+    with pytest.raises(StaleOutputError, match=r"(?s)k: 0 -> 2.*--overwrite"):
+        evaluate(model, tokenizer, rows(*FOUR), k=2, output_jsonl=out, progress=False)
+    assert stub.calls == []  # refused before any generation, the old records kept
+    assert len(read_jsonl(out)) == 4
+    fresh = evaluate(model, tokenizer, rows(*FOUR), k=2, output_jsonl=out, overwrite=True, progress=False)
+    assert fresh.avg_at_k == 0.5 and fresh.greedy_accuracy == 1.0  # the old code reported avg@2 = 0.0
+    assert sorted(stub.generated()) == sorted(p for p, _ in FOUR)
+    assert all(len(r["samples"]) == 2 for r in read_jsonl(out)) and len(read_jsonl(out)) == 4
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"temperature": 0.5}, "temperature"),
+    ({"top_p": 0.9}, "top_p"),
+    ({"max_new_tokens": 99}, "max_new_tokens"),
+    ({"extraction": "boxed"}, "extraction"),
+])
+def test_another_sampling_or_grading_setting_is_refused(model, script, tokenizer, tmp_path, change, field):
+    script({p: (box(a), [box(a)]) for p, a in FOUR})
+    out = tmp_path / "eval.jsonl"
+    evaluate(model, tokenizer, rows(*FOUR), k=1, output_jsonl=out, progress=False)
+    with pytest.raises(StaleOutputError, match=rf"\n  {field}: "):
+        evaluate(model, tokenizer, rows(*FOUR), **{"k": 1, **change}, output_jsonl=out, progress=False)
+
+
+def test_greedy_only_records_do_not_depend_on_the_sampling_settings_or_batch_size(model, script, tokenizer, tmp_path):
+    stub = script({p: (box(a), []) for p, a in FOUR})
+    out = tmp_path / "eval.jsonl"
+    evaluate(model, tokenizer, rows(*FOUR), temperature=1.0, output_jsonl=out, progress=False)
+    stub.calls.clear()
+    evaluate(model, tokenizer, rows(*FOUR), temperature=0.3, top_p=0.5, batch_size=1, output_jsonl=out,
+             progress=False)
+    assert stub.calls == []
+
+
+def test_another_model_into_the_same_output_is_refused(model, script, tokenizer, tmp_path):
+    stub = script({p: (box(a) if i < 3 else "wrong", []) for i, (p, a) in enumerate(FOUR)})
+    out = tmp_path / "eval.jsonl"
+    student = evaluate(model, tokenizer, rows(*FOUR), output_jsonl=out, progress=False)
+    stub.calls.clear()
+    teacher = build_student(tokenizer, seed=5)
+    with pytest.raises(StaleOutputError, match=r"(?s)\n  model: .*--overwrite"):
+        evaluate(teacher, tokenizer, rows(*FOUR), output_jsonl=out, progress=False)
+    assert stub.calls == []
+    again = evaluate(teacher, tokenizer, rows(*FOUR), output_jsonl=out, overwrite=True, progress=False)
+    assert len(stub.generated()) == 4 and again.greedy_accuracy == student.greedy_accuracy == 0.75
+
+
+def test_another_dataset_into_the_same_output_is_refused(model, script, tokenizer, tmp_path):
+    stub = script({p: (box(a), []) for p, a in FOUR} | {"9+9=?": (box(18), [])})
+    out = tmp_path / "eval.jsonl"
+    evaluate(model, tokenizer, rows(*FOUR), output_jsonl=out, progress=False)
+    other = rows(*FOUR[:3], ("9+9=?", "18"))  # same ids 0..3, another row 3
+    stub.calls.clear()
+    with pytest.raises(StaleOutputError, match=r"\n  dataset: "):
+        evaluate(model, tokenizer, other, output_jsonl=out, progress=False)
+    assert stub.calls == []
+
+
+def test_an_output_without_a_fingerprint_is_refused(model, script, tokenizer, tmp_path):
+    stub = script({p: (box(a), []) for p, a in FOUR})
+    out = tmp_path / "eval.jsonl"
+    evaluate(model, tokenizer, rows(*FOUR), output_jsonl=out, progress=False)
+    fingerprint_path(out).unlink()
+    stub.calls.clear()
+    with pytest.raises(StaleOutputError, match="without a fingerprint"):
+        evaluate(model, tokenizer, rows(*FOUR), output_jsonl=out, progress=False)
+    assert stub.calls == []
+
+
+def test_an_unwritable_output_fails_before_any_generation(model, script, tokenizer, tmp_path):
+    stub = script({p: (box(a), []) for p, a in FOUR})
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match="cannot write the output"):
+        evaluate(model, tokenizer, rows(*FOUR), output_jsonl=tmp_path / "file" / "eval.jsonl", progress=False)
+    assert stub.calls == []
+
+
+def test_a_missing_output_folder_is_created(model, script, tokenizer, tmp_path):
+    script({p: (box(a), []) for p, a in FOUR})
+    out = tmp_path / "new" / "deeper" / "eval.jsonl"
+    evaluate(model, tokenizer, rows(*FOUR), output_jsonl=out, progress=False)
+    assert len(read_jsonl(out)) == 4
+
+
 # --- bad input: a clear ValueError before any generation -----------------------------------------------------------
 
 
@@ -236,6 +345,28 @@ def test_bad_input_raises_before_generation(model, script, tokenizer, tmp_path, 
         evaluate(model, tokenizer, data, k=2, output_jsonl=out, progress=False)
     assert stub.calls == []
     assert not out.exists()
+
+
+@pytest.mark.parametrize("ids", [["a", "b", "a", "c"], [0, 1, 2, 1], ["x", 1, "1", "y"]])
+def test_duplicate_ids_raise_naming_the_id(model, script, tokenizer, tmp_path, ids):
+    stub = script({p: (box(a), []) for p, a in FOUR})
+    data = [{**r, "id": i} for r, i in zip(rows(*FOUR), ids)]
+    with pytest.raises(ValueError, match=r"repeats id .*(a|1).* \(rows \d and \d\)"):
+        evaluate(model, tokenizer, data, output_jsonl=tmp_path / "eval.jsonl", progress=False)
+    assert stub.calls == []  # the old code counted the last record once per row: 0.0, truth 0.75
+
+
+@pytest.mark.parametrize(("setting", "value"), [
+    ("k", -1), ("k", 1.5), ("batch_size", 0), ("max_new_tokens", 0), ("temperature", -0.1),
+    ("temperature", float("nan")), ("temperature", float("inf")), ("top_p", 0.0), ("top_p", 1.5),
+    ("top_p", float("nan")), ("extraction", "bogus"),
+])
+def test_bad_settings_raise_naming_them_before_generation(model, script, tokenizer, tmp_path, setting, value):
+    stub = script({p: (box(a), [box(a)]) for p, a in FOUR})
+    out = tmp_path / "eval.jsonl"
+    with pytest.raises(ValueError, match=rf"^{setting} must be"):
+        evaluate(model, tokenizer, rows(*FOUR), **{setting: value}, output_jsonl=out, progress=False)
+    assert stub.calls == [] and not out.exists()
 
 
 def test_missing_answer_in_a_later_row_raises_before_generation(model, script, tokenizer):

@@ -3,9 +3,14 @@
 Works for any dataset whose `prompt` is chat messages (or a plain string, sent as one user message) and whose
 `answer` is the gold final answer. Answers are extracted with `verify.extract_answer` (mode recorded in the output)
 and graded with `verify.grade`. Per-example records are appended to a JSONL file as each batch finishes (flushed and
-fsynced, keyed by `id`), so an interrupted evaluation resumes where it stopped without duplicating a record.
+fsynced, keyed by `id`), so an interrupted evaluation resumes where it stopped without duplicating a record. The file
+is bound to what produced it by a fingerprint beside it (`<name>.fingerprint.json`: model, tokenizer, dataset, every
+sampling and grading setting, code version), so records are only ever resumed by the same evaluation; another one
+stops with a `StaleOutputError` naming the differing fields (`overwrite=True` starts afresh).
 """
 
+import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +18,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .fingerprint import check_unique_ids, claim_output, model_identity, rows_identity, tokenizer_identity
 from .generation.hf import HFGenerator
 from .jsonl import append_records, read_records
-from .verify import extract_answer, grade
+from .verify import EXTRACTION_MODES, extract_answer, grade
+
+RECORD_FORMAT = 1  # of the evaluation records: a change of fields bumps it, so old files are not resumed
 
 
 @dataclass
@@ -73,6 +81,41 @@ def check_prompt_answer_rows(rows: list[dict], what: str = "the dataset") -> Non
             raise ValueError(f"{what} has an empty prompt (row {i}).")
 
 
+def check_eval_settings(
+    k: int, temperature: float, top_p: float, max_new_tokens: int, batch_size: int, extraction: str
+) -> None:
+    """Raise `ValueError` naming the bad setting of [`evaluate`] (cheap: run it before loading any model)."""
+    checks = [
+        ("k", k, isinstance(k, numbers.Integral) and k >= 0, "an integer >= 0 (0: greedy only)"),
+        ("batch_size", batch_size, isinstance(batch_size, numbers.Integral) and batch_size >= 1, "an integer >= 1"),
+        ("max_new_tokens", max_new_tokens, isinstance(max_new_tokens, numbers.Integral) and max_new_tokens >= 1,
+         "an integer >= 1"),
+        ("temperature", temperature, math.isfinite(temperature) and temperature >= 0, "finite and >= 0 (0: greedy)"),
+        ("top_p", top_p, math.isfinite(top_p) and 0 < top_p <= 1, "in (0, 1]"),
+        ("extraction", extraction, extraction in EXTRACTION_MODES, f"one of {EXTRACTION_MODES}"),
+    ]
+    for name, value, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"{name} must be {expected}, got {value!r}.")
+
+
+def evaluation_rows(dataset) -> list[dict]:
+    """The rows of `dataset` as dicts, checked (`prompt`, `answer`, unique ids) and with row-index ids filled in."""
+    rows = [dict(r) for r in dataset]
+    check_prompt_answer_rows(rows, "the evaluation dataset")
+    return check_unique_ids(rows, "the evaluation dataset")
+
+
+def evaluation_fingerprint(model, tokenizer, rows: list[dict], k: int, temperature: float, top_p: float,
+                           max_new_tokens: int, extraction: str) -> dict:
+    """What the records of an evaluation depend on; the sampling settings only count when `k > 0`. The batch size
+    does not count: an evaluation may resume with a smaller one (after running out of memory)."""
+    return {"records": f"evaluation v{RECORD_FORMAT}", "model": model_identity(model),
+            "tokenizer": tokenizer_identity(tokenizer), "dataset": rows_identity(rows), "k": k,
+            "temperature": temperature if k else None, "top_p": top_p if k else None,
+            "max_new_tokens": max_new_tokens, "extraction": extraction}
+
+
 def evaluate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -84,19 +127,25 @@ def evaluate(
     batch_size: int = 128,
     extraction: str = "auto",
     output_jsonl: str | Path | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> EvalResult:
     """Greedy pass@1 and, when `k > 0`, avg@k: the mean accuracy of `k` samples at `temperature`/`top_p`.
 
     Args:
         dataset: a `datasets.Dataset` or a list of dicts with `prompt`, `answer` and optionally `id` (row index
-            otherwise).
-        output_jsonl: per-example records are appended here; existing records (same `id`) are reused, not redone.
+            otherwise; ids must be unique).
+        output_jsonl: per-example records are appended here; existing records (same `id`) are reused, not redone,
+            when the file was made by the same evaluation (its fingerprint beside it: model, tokenizer, dataset,
+            `k`, `temperature`, `top_p`, `max_new_tokens`, `extraction`, code version). Otherwise
+            `fingerprint.StaleOutputError` names the differing fields, before any generation.
+        overwrite: delete `output_jsonl` (and its fingerprint) and start afresh.
     """
-    rows = [dict(r) for r in dataset]
-    check_prompt_answer_rows(rows, "the evaluation dataset")
-    for i, row in enumerate(rows):
-        row.setdefault("id", i)
+    check_eval_settings(k, temperature, top_p, max_new_tokens, batch_size, extraction)
+    rows = evaluation_rows(dataset)
+    if output_jsonl is not None:
+        fields = evaluation_fingerprint(model, tokenizer, rows, k, temperature, top_p, max_new_tokens, extraction)
+        claim_output(output_jsonl, fields, overwrite=overwrite)
     done = read_records(output_jsonl)
     todo = [r for r in rows if str(r["id"]) not in done]
     generator = HFGenerator(model, tokenizer, batch_size=batch_size * max(k, 1))

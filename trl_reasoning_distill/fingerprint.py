@@ -11,7 +11,8 @@ with other fields stops with a [`StaleOutputError`] naming each differing field,
     claim_output("runs/eval.jsonl", fields, overwrite=args.overwrite)
 
 Identities are short hashes: [`model_identity`] hashes every parameter's name, shape, dtype and a strided sample of
-its values (cheap at 8B parameters, and any fine-tuning step changes the sample), [`rows_identity`] the rows' JSON.
+its values (cheap at 8B parameters, and any fine-tuning step changes the sample), [`tokenizer_identity`] the
+tokenizer's serialized form and chat template, [`rows_identity`] the rows' JSON.
 """
 
 import hashlib
@@ -87,6 +88,17 @@ def model_identity(model) -> dict:
             sample = flat[:: max(1, flat.numel() // _VALUES_PER_TENSOR)][:_VALUES_PER_TENSOR]
             hasher.update(sample.to(device="cpu", dtype=torch.float64).numpy().tobytes())
     return {"class": type(model).__name__, "weights": hasher.hexdigest()[:16]}
+
+
+def tokenizer_identity(tokenizer) -> dict:
+    """Identity of a tokenizer: its class and a hash of what turns text into ids (the whole serialized fast
+    tokenizer, else the vocabulary), its chat template and its special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = {"chat_template": getattr(tokenizer, "chat_template", None),
+             "special_tokens": getattr(tokenizer, "special_tokens_map", {})}
+    content = text.encode() + json.dumps(_canonical(extra), sort_keys=True).encode()
+    return {"class": type(tokenizer).__name__, "content": _digest(content)}
 
 
 def code_version() -> str:
