@@ -64,6 +64,20 @@ def test_toy_dataset_columns():
     assert problem_rows(sample_problems("test", 5, 0), "test", 0) == ds.to_list()
 
 
+def test_ids_are_unique_across_splits_operand_ranges_max_values_and_seeds():
+    draws = [
+        {"split": "test"}, {"split": "validation"}, {"split": "train"},
+        {"split": "test", "min_ops": 2, "max_ops": 3}, {"split": "test", "min_ops": 4, "max_ops": 6},
+        {"split": "test", "max_value": 9}, {"split": "test", "seed": 1}, {"split": "test", "seed": 100},
+    ]
+    ids = [toy_dataset(n=20, **draw)["id"] for draw in draws]
+    assert all(len(set(group)) == 20 for group in ids)
+    every = [i for group in ids for i in group]
+    assert len(set(every)) == len(every)  # the old `{split}-{seed}-{i}` repeated across ranges and max values
+    assert toy_dataset("test", 3, seed=0, min_ops=2, max_ops=3)["id"][2] == "test-s0-ops2-3-max30-2"
+    assert toy_dataset("test", 3, seed=0)["id"] == toy_dataset("test", 3, seed=0)["id"]  # stable
+
+
 def test_prm_scores_each_step():
     completion = "<think>We need 47+38-19.\n47+38=85\n85-19=67\nSo the answer is 67.</think>\\boxed{67}"
     assert score_steps(completion, "47+38-19=?") == [1.0, 1.0, 0.0, 1.0, 0.0]

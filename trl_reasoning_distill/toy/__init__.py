@@ -42,9 +42,16 @@ def load_toy_student():
     return _load_model("student")
 
 
-def problem_rows(problems: list[Problem], split: str = "test", seed: int = 0) -> list[dict]:
-    """Dataset rows: `prompt` (chat messages), `answer`, `id`, plus `num_ops` for difficulty splits."""
-    return [{"prompt": [{"role": "user", "content": p.prompt}], "answer": str(p.answer), "id": f"{split}-{seed}-{i}",
+def problem_rows(problems: list[Problem], split: str = "test", seed: int = 0, min_ops: int = 2, max_ops: int = 4,
+                 max_value: int = 30) -> list[dict]:
+    """Dataset rows: `prompt` (chat messages), `answer`, `id`, plus `num_ops` for difficulty splits.
+
+    `split`, `seed`, `min_ops`, `max_ops` and `max_value` are those `problems` were drawn with: the id names them
+    all (`test-s0-ops2-4-max30-17`), so ids are unique across splits, seeds and difficulty ranges and records of one
+    draw are never taken for another's.
+    """
+    tag = f"{split}-s{seed}-ops{min_ops}-{max_ops}-max{max_value}"
+    return [{"prompt": [{"role": "user", "content": p.prompt}], "answer": str(p.answer), "id": f"{tag}-{i}",
              "num_ops": len(p.operands)} for i, p in enumerate(problems)]
 
 
@@ -53,9 +60,10 @@ def toy_dataset(split: str = "train", n: int = 1000, seed: int = 0, min_ops: int
     """A `datasets.Dataset` of `n` toy problems with columns `prompt` (chat messages), `answer`, `id`, `num_ops`.
 
     `split` is "train", "validation" or "test" (disjoint by problem text); difficulty grows with `min_ops..max_ops`
-    operands of `1..max_value`.
+    operands of `1..max_value`. Ids name the draw (see [`problem_rows`]), so they are unique across splits, seeds
+    and difficulties.
     """
     from datasets import Dataset
 
     problems = sample_problems(split, n, seed, min_ops, max_ops, max_value)
-    return Dataset.from_list(problem_rows(problems, split, seed))
+    return Dataset.from_list(problem_rows(problems, split, seed, min_ops, max_ops, max_value))
