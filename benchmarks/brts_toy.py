@@ -10,6 +10,9 @@ Tier-2 recovery. Results are appended to `results/brts_toy.csv` as each run fini
     python benchmarks/brts_toy.py                      # 3 seeds, 6 variants
     python benchmarks/brts_toy.py --seeds 0 --steps 2 --n_test 4 --out /tmp/brts_smoke.csv  # smoke run
     python benchmarks/brts_toy.py --table              # the markdown table of the CSV, mean ± std over seeds
+
+The CSV is fingerprinted (every option but --seeds/--variants/--out, the training settings, the toy models): a run
+under other settings refuses to resume it; `--overwrite` starts afresh.
 """
 
 import argparse
@@ -19,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from trl_reasoning_distill.results import append_row, finished_rows, mean_std
+from trl_reasoning_distill.results import append_row, finished_rows, mean_std, study_settings, toy_identity
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = {  # name -> (trainer, config overrides)
@@ -38,6 +41,9 @@ TIER_STATS = ["pool_accuracy", "frac_tier1", "frac_tier2", "frac_tier3"]
 FIELDS = ["variant", "seed", "steps", "accuracy_easy", "accuracy_hard", "seconds_per_step", "train_seconds",
           "eval_n", *TIER_STATS]
 OPD = "plain OPD (student-context term only)"
+TRAINING = dict(per_device_train_batch_size=16, learning_rate=5e-4, warmup_steps=10, lr_scheduler_type="cosine",
+                lmbda=1.0, temperature=1.0, max_new_tokens=128, max_length=256)
+EVAL_TOKENS = 192
 
 
 def train_once(variant: str, seed: int, steps: int, train, tokenizer, teacher, out: str):
@@ -47,10 +53,9 @@ def train_once(variant: str, seed: int, steps: int, train, tokenizer, teacher, o
     kind, overrides = VARIANTS[variant]
     config_cls, trainer_cls = (KDConfig, KDTrainer) if kind == "kd" else (BRTSConfig, BRTSTrainer)
     args = config_cls(
-        output_dir=out, max_steps=steps, per_device_train_batch_size=16, learning_rate=5e-4, warmup_steps=10,
-        lr_scheduler_type="cosine", lmbda=1.0, temperature=1.0, max_new_tokens=128, max_length=256, seed=seed,
-        use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=min(25, steps),
-        disable_tqdm=True, activation_checkpointing=False, loss_chunk_size=0, **overrides,
+        output_dir=out, max_steps=steps, seed=seed, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+        logging_steps=min(25, steps), disable_tqdm=True, activation_checkpointing=False, loss_chunk_size=0,
+        **TRAINING, **overrides,
     )
     trainer = trainer_cls(model=load_toy_student(), teacher_model=teacher, args=args, train_dataset=train,
                           processing_class=tokenizer)
@@ -69,6 +74,7 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=RESULTS / "brts_toy.csv")
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    parser.add_argument("--overwrite", action="store_true", help="delete --out and start afresh")
     parser.add_argument("--step_time", type=int, default=0, metavar="STEPS",
                         help="time STEPS training steps of every variant back to back, print the ratios, and exit")
     args = parser.parse_args(argv)
@@ -78,7 +84,6 @@ def main(argv=None):
     if args.step_time:
         print(step_time_table(args.step_time, args.variants, RESULTS / "brts_step_time.csv"))
         return
-
 
     from trl_reasoning_distill import evaluate, load_toy_student, load_toy_teacher, load_toy_tokenizer, toy_dataset
     from trl_reasoning_distill.utils import quiet_cpu_run
@@ -90,10 +95,12 @@ def main(argv=None):
     train = toy_dataset("train", 2048, seed=0, min_ops=2, max_ops=6).select_columns(["prompt", "answer"])
 
     def accuracies(model) -> dict[str, float]:
-        return {f"accuracy_{split}": evaluate(model, tokenizer, test, max_new_tokens=192, progress=False)
+        return {f"accuracy_{split}": evaluate(model, tokenizer, test, max_new_tokens=EVAL_TOKENS, progress=False)
                 .greedy_accuracy for split, test in tests.items()}
 
-    done = {(r["variant"], int(r["seed"])) for r in finished_rows(args.out, FIELDS)}
+    settings = study_settings(args, ignore=["step_time"], variant_configs=VARIANTS, training=TRAINING, splits=SPLITS,
+                              eval_tokens=EVAL_TOKENS, **toy_identity(teacher=teacher, tokenizer=tokenizer))
+    done = {(r["variant"], int(r["seed"])) for r in finished_rows(args.out, FIELDS, settings, args.overwrite)}
     for name, load in (("student (cold start)", load_toy_student), ("teacher", lambda: teacher)):
         if (name, 0) not in done:
             append_row(args.out, FIELDS, {"variant": name, "seed": 0, "steps": 0, **accuracies(load()),
@@ -130,9 +137,10 @@ def step_time_table(steps: int, variants: list[str], csv_path: Path | None = Non
         with tempfile.TemporaryDirectory() as out:
             seconds[variant] = train_once(variant, 0, steps, train, tokenizer, teacher, out)[1] / steps
     if csv_path is not None:
-        fields = ["variant", "steps", "seconds_per_step", "ratio_to_plain_opd"]
-        csv_path.unlink(missing_ok=True)
-        finished_rows(csv_path, fields)
+        fields = ["variant", "steps", "seconds_per_step", "ratio_to_plain_opd"]  # rewritten whole, never resumed
+        settings = {"steps": steps, "variants": list(seconds), "variant_configs": VARIANTS, "training": TRAINING,
+                    **toy_identity(teacher=teacher, tokenizer=tokenizer)}
+        finished_rows(csv_path, fields, settings, overwrite=True)
         for variant, time_ in seconds.items():
             append_row(csv_path, fields, {"variant": variant, "steps": steps, "seconds_per_step": time_,
                                      "ratio_to_plain_opd": time_ / seconds[OPD]})

@@ -17,6 +17,10 @@ study resumes where it stopped.
     python benchmarks/cotd_po_toy.py                  # 3 seeds, 3 rounds, 5 variants
     python benchmarks/cotd_po_toy.py --rounds 1 --steps 2 --n_test 4 --seeds 0 --out /tmp/cotd_smoke.csv  # smoke
     python benchmarks/cotd_po_toy.py --table          # markdown table of the CSV, mean ± std over seeds
+
+The CSV is fingerprinted (every option but --seeds/--variants/--out/--workdir, the training settings, the toy
+models): a run under other settings refuses to resume it; `--overwrite` starts afresh, deleting this study's run
+folders under --workdir too.
 """
 
 import argparse
@@ -27,7 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
-from trl_reasoning_distill.results import append_row, finished_rows, mean_std
+from trl_reasoning_distill.results import append_row, finished_rows, mean_std, study_settings, toy_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -47,6 +51,7 @@ TOY_FORMAT = dict(instruction_template="{prompt}", thought_prefix="<think>", ans
 TRAINING = dict(per_device_train_batch_size=8, gradient_accumulation_steps=1, learning_rate=2e-4, warmup_steps=0.1,
                 lr_scheduler_type="linear", max_length=256, use_cpu=True, bf16=False, report_to="none",
                 save_strategy="no", logging_steps=50, disable_tqdm=True, activation_checkpointing=False)
+TRAIN_PROMPTS, EVAL_TOKENS = 2048, 192
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -64,7 +69,7 @@ def measure(model, tokenizer, test, n_diversity: int) -> dict:
     from trl_reasoning_distill.evaluation import encode_prompts
     from trl_reasoning_distill.generation import HFGenerator
 
-    accuracy = evaluate(model, tokenizer, test, max_new_tokens=192, progress=False).greedy_accuracy
+    accuracy = evaluate(model, tokenizer, test, max_new_tokens=EVAL_TOKENS, progress=False).greedy_accuracy
     prompts = encode_prompts(tokenizer, [row["prompt"] for row in test.select(range(n_diversity))])
     groups = HFGenerator(model, tokenizer).generate(prompts, n=8, max_new_tokens=192, temperature=1.0, top_p=0.95)
     texts = [[sample.text for sample in group] for group in groups]
@@ -147,6 +152,8 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=RESULTS / "cotd_po_toy.csv")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "cotd_po_toy")
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete --out and this study's run folders under --workdir, and start afresh")
     args = parser.parse_args(argv)
     if args.table:
         print(table(args.out))
@@ -160,10 +167,15 @@ def main(argv=None):
 
     quiet_cpu_run()
     context = {"tokenizer": load_toy_tokenizer(), "teacher": load_toy_teacher(),
-               "train": toy_dataset("train", 2048, seed=0).select_columns(["id", "prompt", "answer"])}
+               "train": toy_dataset("train", TRAIN_PROMPTS, seed=0).select_columns(["id", "prompt", "answer"])}
     test = toy_dataset("test", args.n_test, seed=0)
     n_diversity = min(args.diversity_prompts, args.n_test)
-    done = {(r["variant"], int(r["seed"]), int(r["round"])) for r in finished_rows(args.out, FIELDS)}
+    settings = study_settings(args, variant_configs=VARIANTS, training=TRAINING, toy_format=TOY_FORMAT,
+                              train_prompts=TRAIN_PROMPTS, eval_tokens=EVAL_TOKENS,
+                              **toy_identity(teacher=context["teacher"], tokenizer=context["tokenizer"]))
+    run_folders = [args.workdir / slug_of(variant) for variant in VARIANTS]
+    rows = finished_rows(args.out, FIELDS, settings, args.overwrite, companions=run_folders)
+    done = {(r["variant"], int(r["seed"]), int(r["round"])) for r in rows}
     if (COLD_START, 0, 0) not in done:
         torch.manual_seed(0)
         scores = measure(load_toy_student(), context["tokenizer"], test, n_diversity)
@@ -173,8 +185,8 @@ def main(argv=None):
         for variant in args.variants:
             if all((variant, seed, r) in done for r in range(1, args.rounds + 1)):
                 continue
-            slug = re.sub(r"[^a-z0-9]+", "_", variant.lower()).strip("_")
-            workdir = args.workdir / slug / f"seed{seed}_steps{args.steps}_prompts{args.prompts}_k{args.candidates}"
+            workdir = (args.workdir / slug_of(variant) /
+                       f"seed{seed}_steps{args.steps}_prompts{args.prompts}_k{args.candidates}")
             if VARIANTS[variant] is None:
                 per_round = run_standard_kd(seed, args, context, workdir)
             else:
@@ -192,6 +204,11 @@ def main(argv=None):
                 })
                 print(f"{variant:<40} seed {seed} round {r}: accuracy {scores['accuracy']:.3f}, distinct-2 "
                       f"{scores['distinct_2']:.3f}", flush=True)
+
+
+def slug_of(variant: str) -> str:
+    """The folder of `variant`'s runs under `--workdir`."""
+    return re.sub(r"[^a-z0-9]+", "_", variant.lower()).strip("_")
 
 
 def table(path: Path) -> str:

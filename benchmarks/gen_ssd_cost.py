@@ -21,7 +21,9 @@ cut short is redone from scratch, so that its wall time is whole).
     python benchmarks/gen_ssd_cost.py --table            # the markdown tables of the CSV, mean ± std over seeds
 
 The figure `results/gen_ssd_cost.png` (teacher tokens per kept trajectory, and accuracy after SFT, per data set) is
-drawn from the CSV at the end of a run and by `--table`.
+drawn from the CSV at the end of a run and by `--table`. The CSV is fingerprinted (every option but --seeds/--methods/
+--out, the decoding and SFT settings, the toy models): a run under other settings refuses to resume it;
+`--overwrite` starts afresh, deleting the sampled data sets too.
 """
 
 import argparse
@@ -33,7 +35,7 @@ import time
 from pathlib import Path
 
 from trl_reasoning_distill.reproduce import GEN_SSD_TOY
-from trl_reasoning_distill.results import append_row, finished_rows, mean_std
+from trl_reasoning_distill.results import append_row, finished_rows, mean_std, study_settings, toy_identity
 
 RESULTS = Path(__file__).parent / "results"
 CHUNK, BUDGET = GEN_SSD_TOY["chunk_size"], GEN_SSD_TOY["max_new_tokens"]  # 24, 192 (ours): ~36-token solutions
@@ -47,6 +49,8 @@ METHODS = {  # name -> (sampling kind, selection rule)
     PLAIN: ("plain", "low"), HIGH: ("chunked", "high"), RANDOM: ("chunked", "random"),
 }
 COST_TABLE, RULE_TABLE = (GEN_SSD, GEN_SSD_FINE, BEST_OF_16, PLAIN), (GEN_SSD, HIGH, RANDOM)
+SFT = dict(per_device_train_batch_size=16, lr_scheduler_type="cosine", warmup_steps=0.1, max_length=256)
+SAMPLER_BATCH = 16
 FIELDS = ["kind", "method", "seed", "problems", "kept", "teacher_tokens", "seconds", "mean_student_ppl",
           "mean_completion_tokens", "examples", "steps", "accuracy", "eval_n", "device"]
 
@@ -65,13 +69,14 @@ def sampling_for(kind: str):
 
 def sample_once(method: str, seed: int, problems, teacher, student, tokenizer, path: Path) -> dict:
     """Build one data set from scratch (a partial one is discarded, so the wall time covers the whole run)."""
+    from trl_reasoning_distill.fingerprint import fingerprint_path
     from trl_reasoning_distill.gen_ssd.sampler import GenerationSelectionCallback, GenSSDSampler, all_records_path
 
-    for stale in (path, all_records_path(path)):
+    for stale in (path, all_records_path(path), fingerprint_path(path)):
         stale.unlink(missing_ok=True)
     kind, rule = METHODS[method]
     sampler = GenSSDSampler(teacher, student, tokenizer, sampling_for(kind), GenerationSelectionCallback(rule),
-                            batch_size=16, seed=seed, progress=False)
+                            batch_size=SAMPLER_BATCH, seed=seed, progress=False)
     summary = sampler.sample(problems, path)
     kept = read_jsonl(path)
     return {"problems": summary.problems, "kept": summary.kept, "teacher_tokens": summary.teacher_tokens,
@@ -90,10 +95,9 @@ def train_and_evaluate(path: Path, examples: int, seed: int, steps: int, lr: flo
 
     data = load_dataset("json", data_files=str(path), split="train").shuffle(seed=seed).select(range(examples))
     with tempfile.TemporaryDirectory() as out:
-        args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=16, learning_rate=lr,
-                         lr_scheduler_type="cosine", warmup_steps=0.1, max_length=256, seed=seed, use_cpu=True,
-                         bf16=False, report_to="none", save_strategy="no", logging_steps=max(1, steps),
-                         disable_tqdm=True, activation_checkpointing=False)
+        args = SFTConfig(output_dir=out, max_steps=steps, learning_rate=lr, seed=seed, use_cpu=True, bf16=False,
+                         report_to="none", save_strategy="no", logging_steps=max(1, steps), disable_tqdm=True,
+                         activation_checkpointing=False, **SFT)
         trainer = SFTTrainer(model=load_toy_student(), args=args,
                              train_dataset=data.select_columns(["prompt", "completion"]), processing_class=tokenizer)
         trainer.remove_callback(PrinterCallback)
@@ -111,6 +115,8 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--out", type=Path, default=RESULTS / "gen_ssd_cost.csv")
     parser.add_argument("--table", action="store_true", help="print the tables of --out and exit")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete --out and its sampled data sets (the folder beside it), and start afresh")
     args = parser.parse_args(argv)
     if args.table:
         print(tables(args.out))
@@ -127,8 +133,12 @@ def main(argv=None):
     tokenizer, teacher, student = load_toy_tokenizer(), load_toy_teacher(), load_toy_student()
     test = toy_dataset("test", args.n_test, seed=0)
     work = args.out.with_suffix("")  # results/gen_ssd_cost/: the sampled data sets
+    settings = study_settings(args, method_kinds=METHODS, chunks=[CHUNK, FINE_CHUNK], budget=BUDGET,
+                              decoding=DECODING, sampler_batch=SAMPLER_BATCH, sft=SFT,
+                              **toy_identity(teacher, student, tokenizer))
+    rows = finished_rows(args.out, FIELDS, settings, args.overwrite, companions=[work])
     work.mkdir(parents=True, exist_ok=True)
-    done = {(r["kind"], r["method"], int(r["seed"])): r for r in finished_rows(args.out, FIELDS)}
+    done = {(r["kind"], r["method"], int(r["seed"])): r for r in rows}
     if ("sft", "student (cold start)", 0) not in done:
         accuracy = evaluate(student, tokenizer, test, max_new_tokens=BUDGET, progress=False).greedy_accuracy
         write(args.out, {"kind": "sft", "method": "student (cold start)", "seed": 0, "steps": 0, "accuracy": accuracy,

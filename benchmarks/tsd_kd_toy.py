@@ -8,6 +8,9 @@ budget (steps x batch, `lmbda=1`), and is evaluated greedily on held-out test pr
     python benchmarks/tsd_kd_toy.py --seeds 0 --steps 20 # smoke run
     python benchmarks/tsd_kd_toy.py --table              # the markdown table of the CSV, mean ± std over seeds
     python benchmarks/tsd_kd_toy.py --grad_norms         # each term's gradient norm on one batch of rollouts
+
+The CSV is fingerprinted (every option but --seeds/--variants/--out, the training settings, the toy models): a run
+under other settings refuses to resume it; `--overwrite` starts afresh.
 """
 
 import argparse
@@ -17,7 +20,7 @@ import time
 from pathlib import Path
 
 from trl_reasoning_distill.reproduce import TSD_KD_TOY
-from trl_reasoning_distill.results import append_row, finished_rows, mean_std
+from trl_reasoning_distill.results import append_row, finished_rows, mean_std, study_settings, toy_identity
 
 RESULTS = Path(__file__).parent / "results"
 # Toy-scaled coefficients (ours): on this 104-token vocabulary the paper's weights make the entropy and ranking
@@ -33,6 +36,9 @@ VARIANTS = {  # name -> (trainer, config overrides)
     "toy-scaled without entropy term": ("tsd_kd", {**TOY, "entropy_coef": 0.0}),
 }
 FIELDS = ["variant", "seed", "steps", "accuracy", "seconds_per_step", "train_seconds", "eval_n"]
+TRAINING = dict(per_device_train_batch_size=16, learning_rate=5e-4, warmup_steps=10, lr_scheduler_type="cosine",
+                lmbda=1.0, temperature=1.0, max_new_tokens=96, max_length=256)
+TRAIN_PROMPTS, EVAL_TOKENS = 2048, 192
 
 
 def train_once(variant: str, seed: int, steps: int, train, tokenizer, teacher, out: str):
@@ -41,10 +47,9 @@ def train_once(variant: str, seed: int, steps: int, train, tokenizer, teacher, o
     kind, overrides = VARIANTS[variant]
     config_cls, trainer_cls = (KDConfig, KDTrainer) if kind == "kd" else (TSDKDConfig, TSDKDTrainer)
     args = config_cls(
-        output_dir=out, max_steps=steps, per_device_train_batch_size=16, learning_rate=5e-4, warmup_steps=10,
-        lr_scheduler_type="cosine", lmbda=1.0, temperature=1.0, max_new_tokens=96, max_length=256, seed=seed,
-        use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=50, disable_tqdm=True,
-        activation_checkpointing=False, loss_chunk_size=0, **overrides,
+        output_dir=out, max_steps=steps, seed=seed, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+        logging_steps=50, disable_tqdm=True, activation_checkpointing=False, loss_chunk_size=0, **TRAINING,
+        **overrides,
     )
     trainer = trainer_cls(model=load_toy_student(), teacher_model=teacher, args=args, train_dataset=train,
                           processing_class=tokenizer)
@@ -61,6 +66,7 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=RESULTS / "tsd_kd_toy.csv")
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    parser.add_argument("--overwrite", action="store_true", help="delete --out and start afresh")
     parser.add_argument("--grad_norms", action="store_true", help="print each term's gradient norm and exit")
     args = parser.parse_args(argv)
     if args.table:
@@ -77,10 +83,13 @@ def main(argv=None):
     quiet_cpu_run()
     tokenizer, teacher = load_toy_tokenizer(), load_toy_teacher()
     test = toy_dataset("test", args.n_test, seed=0)
-    train = toy_dataset("train", 2048, seed=0).select_columns(["prompt"])
-    done = {(r["variant"], int(r["seed"])) for r in finished_rows(args.out, FIELDS)}
+    train = toy_dataset("train", TRAIN_PROMPTS, seed=0).select_columns(["prompt"])
+    settings = study_settings(args, ignore=["grad_norms"], variant_configs=VARIANTS, training=TRAINING,
+                              train_prompts=TRAIN_PROMPTS, eval_tokens=EVAL_TOKENS,
+                              **toy_identity(teacher=teacher, tokenizer=tokenizer))
+    done = {(r["variant"], int(r["seed"])) for r in finished_rows(args.out, FIELDS, settings, args.overwrite)}
     if ("student (cold start)", 0) not in done:
-        acc = evaluate(load_toy_student(), tokenizer, test, max_new_tokens=192, progress=False).greedy_accuracy
+        acc = evaluate(load_toy_student(), tokenizer, test, max_new_tokens=EVAL_TOKENS, progress=False).greedy_accuracy
         append_row(args.out, FIELDS, {"variant": "student (cold start)", "seed": 0, "steps": 0, "accuracy": acc,
                          "seconds_per_step": "", "train_seconds": 0, "eval_n": args.n_test})
     for seed in args.seeds:
@@ -89,7 +98,7 @@ def main(argv=None):
                 continue
             with tempfile.TemporaryDirectory() as out:
                 model, seconds = train_once(variant, seed, args.steps, train, tokenizer, teacher, out)
-            acc = evaluate(model, tokenizer, test, max_new_tokens=192, progress=False).greedy_accuracy
+            acc = evaluate(model, tokenizer, test, max_new_tokens=EVAL_TOKENS, progress=False).greedy_accuracy
             append_row(args.out, FIELDS, {"variant": variant, "seed": seed, "steps": args.steps, "accuracy": acc,
                              "seconds_per_step": seconds / args.steps, "train_seconds": seconds,
                              "eval_n": args.n_test})

@@ -12,6 +12,9 @@ generation, judging, weights) over the rest of `compute_loss` + backward. Result
     python benchmarks/vcrd_toy.py                      # 3 seeds, 4 variants
     python benchmarks/vcrd_toy.py --seeds 0 --steps 20 # smoke run
     python benchmarks/vcrd_toy.py --table              # the markdown table of the CSV, mean ± std over seeds
+
+The CSV is fingerprinted (every option but --seeds/--variants/--out, the training settings, the toy models): a run
+under other settings refuses to resume it; `--overwrite` starts afresh.
 """
 
 import argparse
@@ -21,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from trl_reasoning_distill.results import append_row, finished_rows, mean_std
+from trl_reasoning_distill.results import append_row, finished_rows, mean_std, study_settings, toy_identity
 
 RESULTS = Path(__file__).parent / "results"
 BATCH = 16
@@ -35,6 +38,9 @@ VARIANTS = {  # name -> (trainer, config overrides)
     "constant weights (DistiLLM-2 loss)": ("vcrd", {"validity_judge": "constant"}),
     "GKD (generalized JSD, beta 0.9)": ("kd", {"beta": 0.9, "lmbda": 1.0}),
 }
+TRAINING = dict(per_device_train_batch_size=BATCH, learning_rate=5e-4, warmup_steps=10, lr_scheduler_type="cosine",
+                temperature=1.0, max_new_tokens=96, max_length=256)
+EVAL_TOKENS = 192
 FIELDS = ["variant", "seed", "steps", "accuracy", "seconds_per_step", "train_seconds", "scorer_ms", "loss_step_ms",
           "scorer_ratio", "eval_n"]
 
@@ -47,10 +53,8 @@ def train_once(variant: str, seed: int, steps: int, data, tokenizer, teacher, ou
     config_cls, trainer_cls = (KDConfig, KDTrainer) if kind == "kd" else (VCRDConfig, VCRDTrainer)
     extra = {"max_prompt_length": 64} if kind == "vcrd" else {}
     args = config_cls(
-        output_dir=out, max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=5e-4, warmup_steps=10,
-        lr_scheduler_type="cosine", temperature=1.0, max_new_tokens=96, max_length=256, seed=seed, use_cpu=True,
-        bf16=False, report_to="none", save_strategy="no", logging_steps=50, disable_tqdm=True,
-        activation_checkpointing=False, **extra, **overrides,
+        output_dir=out, max_steps=steps, seed=seed, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+        logging_steps=50, disable_tqdm=True, activation_checkpointing=False, **TRAINING, **extra, **overrides,
     )
     train = data if kind == "vcrd" else data.select_columns(["prompt"])
     trainer = trainer_cls(model=load_toy_student(), teacher_model=teacher, args=args, train_dataset=train,
@@ -89,6 +93,7 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=RESULTS / "vcrd_toy.csv")
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    parser.add_argument("--overwrite", action="store_true", help="delete --out and start afresh")
     args = parser.parse_args(argv)
     if args.table:
         print(table(args.out))
@@ -101,9 +106,11 @@ def main(argv=None):
     quiet_cpu_run()
     tokenizer, teacher = load_toy_tokenizer(), load_toy_teacher()
     test = toy_dataset("test", args.n_test, seed=0)
-    done = {(r["variant"], int(r["seed"])) for r in finished_rows(args.out, FIELDS)}
+    settings = study_settings(args, variant_configs=VARIANTS, training=TRAINING, eval_tokens=EVAL_TOKENS,
+                              **toy_identity(teacher=teacher, tokenizer=tokenizer))
+    done = {(r["variant"], int(r["seed"])) for r in finished_rows(args.out, FIELDS, settings, args.overwrite)}
     if ("student (cold start)", 0) not in done:
-        acc = evaluate(load_toy_student(), tokenizer, test, max_new_tokens=192, progress=False).greedy_accuracy
+        acc = evaluate(load_toy_student(), tokenizer, test, max_new_tokens=EVAL_TOKENS, progress=False).greedy_accuracy
         append_row(args.out, FIELDS, {"variant": "student (cold start)", "seed": 0, "steps": 0, "accuracy": acc,
                          "train_seconds": 0, "eval_n": args.n_test})
     todo = [(seed, variant) for seed in args.seeds for variant in args.variants if (variant, seed) not in done]
@@ -116,7 +123,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as out:
             trainer, seconds = train_once(variant, seed, args.steps, data, tokenizer, teacher, out)
             scorer_ms, step_ms = scorer_overhead(trainer) if VARIANTS[variant][0] == "vcrd" else ("", "")
-        acc = evaluate(trainer.model, tokenizer, test, max_new_tokens=192, progress=False).greedy_accuracy
+        acc = evaluate(trainer.model, tokenizer, test, max_new_tokens=EVAL_TOKENS, progress=False).greedy_accuracy
         ratio = scorer_ms / step_ms if step_ms else ""
         append_row(args.out, FIELDS, {"variant": variant, "seed": seed, "steps": args.steps, "accuracy": acc,
                          "seconds_per_step": seconds / args.steps, "train_seconds": seconds, "scorer_ms": scorer_ms,

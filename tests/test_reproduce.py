@@ -6,6 +6,7 @@ import pytest
 
 from tests.test_examples import ROOT, run
 from trl_reasoning_distill import reproduce as rep
+from trl_reasoning_distill.fingerprint import StaleOutputError, fingerprint_path
 
 
 def rows_of(values: dict[str, list[float]]) -> list[dict]:
@@ -54,6 +55,45 @@ def test_bad_options_fail_before_any_compute(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         rep.reproduce(**settings)
     assert not (tmp_path / "r.csv").exists()
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Every run and evaluation scripted (instant), counting the runs."""
+    runs = []
+
+    def runner(prompts, ctx, out, steps, batch, seed):
+        runs.append((steps, seed))
+        return None, steps * batch, 0
+
+    monkeypatch.setattr(rep, "measure", lambda model, ctx, n_test: {m: 0.5 for m in rep.METRICS})
+    monkeypatch.setitem(rep.RUNNERS, rep.GKD, runner)
+    return runs
+
+
+def test_a_reproduction_resumed_under_other_settings_refuses(tmp_path, scripted):
+    out = tmp_path / "r.csv"
+    settings = {"out": out, "seeds": [0], "steps": 2, "batch": 4, "n_test": 4, "methods": [rep.GKD], "verbose": False}
+    assert [r["method"] for r in rep.reproduce(**settings)] == [rep.COLD_START, rep.TEACHER, rep.GKD]
+    assert len(rep.reproduce(**{**settings, "seeds": [0, 1]})) == 4 and scripted == [(2, 0), (2, 1)]  # resumed
+    for change, field in (({"steps": 3}, "steps"), ({"batch": 8}, "batch"), ({"n_test": 6}, "n_test")):
+        with pytest.raises(StaleOutputError, match=rf"(?s)\n  {field}: .*--overwrite"):
+            rep.reproduce(**{**settings, **change})
+    assert scripted == [(2, 0), (2, 1)]  # nothing ran under the other settings
+    rows = rep.reproduce(**{**settings, "steps": 3}, overwrite=True)
+    assert [r["steps"] for r in rows] == ["0", "0", "3"] and scripted[-1] == (3, 0)
+
+
+def test_the_committed_csv_is_refused_and_the_table_only_reads(tmp_path, scripted, capsys):
+    out = tmp_path / "reproduce.csv"
+    committed = ROOT / "benchmarks" / "results" / "reproduce.csv"
+    out.write_bytes(committed.read_bytes())
+    with pytest.raises(StaleOutputError, match=r"(?s)without a fingerprint.*--overwrite"):
+        rep.main(["--out", str(out), "--seeds", "0", "--methods", rep.GKD])
+    assert scripted == []
+    rep.main(["--table", "--out", str(out)])
+    assert out.read_bytes() == committed.read_bytes() and not fingerprint_path(out).exists()
+    assert f"| {rep.GKD} | 3 |" in capsys.readouterr().out
 
 
 @pytest.mark.slow

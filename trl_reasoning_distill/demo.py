@@ -3,8 +3,9 @@ cores).
 
 Every method and baseline of `trl_reasoning_distill.reproduce` (its docstring defines the shared budget), trained
 from the cold-started toy student for 16 optimizer steps of batch 16 and evaluated on 50 easy and 50 hard held-out
-problems. The rows go to `runs/demo/reproduce.csv` (a stopped demo resumes; delete the file to start afresh) and the
-bar chart beside it. Any `reproduce` option overrides these, e.g. `trl-distill demo --steps 64 --seeds 0 1 2`.
+problems. The rows go to `runs/demo/reproduce.csv` (a stopped demo resumes; a demo under other settings refuses to
+resume it, naming what differs, and `--overwrite` starts afresh) and the bar chart beside it. Any `reproduce` option
+overrides these, e.g. `trl-distill demo --steps 64 --seeds 0 1 2`.
 """
 
 import os

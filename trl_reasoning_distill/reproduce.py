@@ -15,7 +15,9 @@ The budget of a run (per seed):
 Each method runs at the settings its toy study found to train (each study's script and table in `benchmarks/`), with
 the paper's loss defaults otherwise. Evaluation: greedy pass@1 and avg@8 (T = 1) on `n_test` held-out problems of
 2-3 operands (easy) and of 4-6 operands (hard). Each finished run is one CSV row, appended and flushed, so a stopped
-reproduction resumes at the next unfinished (method, seed); a PNG bar chart is drawn from the CSV.
+reproduction resumes at the next unfinished (method, seed); a PNG bar chart is drawn from the CSV. The CSV is
+fingerprinted (`steps`, `batch`, `n_test`, the settings below, the toy models, the code version): a reproduction
+under other settings refuses to resume it, naming what differs; `--overwrite` starts afresh.
 """
 
 import argparse
@@ -26,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .results import append_row, finished_rows, mean_std
+from .results import append_row, finished_rows, mean_std, toy_identity
 
 COLD_START, TEACHER = "student (cold start)", "teacher"
 STANDARD_KD, GKD, GEN_SSD, TSD_KD, VCRD, COTD_PO, BRTS = (
@@ -55,6 +57,9 @@ GEN_SSD_TOY = dict(chunk_size=24, max_new_tokens=192, temperature=1.0, top_p=0.9
 COTD_PO_TOY = dict(instruction_template="{prompt}", thought_prefix="<think>", answer_prefix="</think>")
 LEARNING_RATE = {"sft": 1e-3, "kd": 5e-4, "cotd_po": 2e-4}  # ours: the demo's and the toy studies' rates
 SAMPLER_BATCH = 16  # problems per GenSSDSampler batch; Gen-SSD's budget is checked after each
+# Every fixed setting a row depends on, beside steps, batch and n_test: part of the CSV's fingerprint.
+SETTINGS = {"splits": SPLITS, "avg_k": AVG_K, "eval_tokens": EVAL_TOKENS, "tsd_kd": TSD_KD_TOY, "gen_ssd": GEN_SSD_TOY,
+            "cotd_po": COTD_PO_TOY, "learning_rate": LEARNING_RATE, "sampler_batch": SAMPLER_BATCH}
 
 
 def _common(out: str, steps: int, batch: int, seed: int, lr: float) -> dict:
@@ -229,8 +234,12 @@ def measure(model, ctx: dict, n_test: int) -> dict:
 
 
 def reproduce(out: Path, seeds: list[int], steps: int, batch: int, n_test: int, methods: list[str],
-              verbose: bool = True) -> list[dict]:
-    """Run every (method, seed) not yet in `out`; returns the CSV's rows."""
+              verbose: bool = True, overwrite: bool = False) -> list[dict]:
+    """Run every (method, seed) not yet in `out`; returns the CSV's rows.
+
+    `out` is resumed only when its fingerprint matches this run's settings (else `fingerprint.StaleOutputError`
+    names the differing ones, before any training); `overwrite=True` deletes it and starts afresh.
+    """
     import torch
 
     from .toy import load_toy_student, load_toy_teacher, load_toy_tokenizer, toy_dataset
@@ -245,9 +254,12 @@ def reproduce(out: Path, seeds: list[int], steps: int, batch: int, n_test: int, 
         raise ValueError(f"steps, batch and n_test must be >= 1 and seeds non-empty; got {steps}, {batch}, "
                          f"{n_test}, {seeds}.")
     quiet_cpu_run()
-    ctx = {"tokenizer": load_toy_tokenizer(), "teacher": load_toy_teacher(), "student": load_toy_student(),
-           "tests": {s: toy_dataset("test", n_test, seed=0, min_ops=lo, max_ops=hi) for s, (lo, hi) in SPLITS.items()},
-           "done": {(r["method"], int(r["seed"])): r for r in finished_rows(out, FIELDS)}}
+    ctx = {"tokenizer": load_toy_tokenizer(), "teacher": load_toy_teacher(), "student": load_toy_student()}
+    settings = {"steps": steps, "batch": batch, "n_test": n_test, **SETTINGS,
+                **toy_identity(ctx["teacher"], ctx["student"], ctx["tokenizer"])}
+    rows = finished_rows(out, FIELDS, settings, overwrite)
+    ctx["tests"] = {s: toy_dataset("test", n_test, seed=0, min_ops=lo, max_ops=hi) for s, (lo, hi) in SPLITS.items()}
+    ctx["done"] = {(r["method"], int(r["seed"])): r for r in rows}
     done = ctx["done"]
 
     def record(row: dict) -> None:
@@ -358,14 +370,15 @@ def build_parser(description: str = __doc__, **defaults) -> argparse.ArgumentPar
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--out", type=Path, default=defaults.get("out", Path("benchmarks/results/reproduce.csv")))
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: --out with .png)")
-    parser.add_argument("--table", action="store_true", help="print the tables of --out and exit")
+    parser.add_argument("--table", action="store_true", help="print the tables of --out and exit (reads only)")
+    parser.add_argument("--overwrite", action="store_true", help="delete --out and start afresh")
     return parser
 
 
 def main(argv: list[str] | None = None, **defaults) -> list[dict]:
     args = build_parser(**defaults).parse_args(argv)
     if not args.table:
-        reproduce(args.out, args.seeds, args.steps, args.batch, args.n_test, args.methods)
+        reproduce(args.out, args.seeds, args.steps, args.batch, args.n_test, args.methods, overwrite=args.overwrite)
     with Path(args.out).open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     plot(rows, args.plot or Path(args.out).with_suffix(".png"))
