@@ -208,7 +208,6 @@ NOT_EQUIVALENT = [
     ("1/2", "2"),
     ("x+1", "x+2"),
     ("", "0"),
-    ("42", ""),
     (r"\boxed{}", "0"),
     ("1" + "0" * 150, "1" + "0" * 150 + ".0"),  # numbers over 100 digits are not compared
 ]
@@ -274,6 +273,48 @@ def test_hostile_gold_is_false_fast(backend, gold):
     result, seconds = _timed(grade, "1", gold)
     assert result is False
     assert seconds < 1.0
+
+
+MISSING_GOLD = [
+    pytest.param(None, id="None"),
+    pytest.param("", id="empty"),
+    pytest.param(" \n", id="blank"),
+    pytest.param("$ $", id="empty_math"),
+    pytest.param(r"\boxed{}", id="empty_box"),
+    pytest.param(r"\boxed{ \, }", id="box_of_spaces"),
+    pytest.param(".", id="dot"),
+    pytest.param("None", id="str_of_None"),
+    pytest.param(" None ", id="str_of_None_spaced"),
+    pytest.param("nan", id="str_of_float_nan"),
+    pytest.param("NaN", id="NaN"),
+    pytest.param("null", id="json_null"),
+    pytest.param("<NA>", id="str_of_pandas_NA"),
+]
+
+
+@pytest.mark.parametrize("prediction", [None, "", "None", "nan", "null", "42", r"\boxed{}"],
+                         ids=["no_answer", "empty", "str_None", "nan", "null", "42", "empty_box"])
+@pytest.mark.parametrize("gold", MISSING_GOLD)
+def test_missing_gold_raises_never_matches(prediction, gold):
+    with pytest.raises(ValueError, match="gold answer .*a missing reference answer cannot be graded"):
+        grade(prediction, gold)
+
+
+def test_missing_gold_in_a_batch_raises():
+    with pytest.raises(ValueError, match="gold answer is None"):
+        grade_batch(["1", "2"], ["1", None])
+    with pytest.raises(ValueError, match="gold answer is 'None'"):
+        grade_batch(["None"], [str(None)])
+
+
+def test_gold_must_be_text():
+    with pytest.raises(TypeError, match="gold answer must be a string, got int 42"):
+        grade("42", 42)
+
+
+def test_none_written_as_latex_text_is_an_answer(backend):
+    assert grade("None", r"\text{None}") is True
+    assert grade("5", r"\text{None}") is False
 
 
 def test_timeout_must_be_positive():

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 MAX_NUMBER_CHARS = 100  # numbers written with more characters are not compared (nothing huge is computed)
 MAX_MATH_VERIFY_CHARS = 1_000  # longer answers are not given to math-verify
+# `str()` of a missing value (None, a float NaN, JSON null, pandas' NA): a gold answer written so is missing, not text
+MISSING_GOLD_TEXTS = frozenset({"None", "nan", "NaN", "null", "<NA>"})
 _MAX_PARSE_DEPTH = 16  # deeper brace nesting makes math-verify's parser take seconds
 _REFIRE_SECONDS = 0.05  # the deadline re-fires at this period until the interrupted code gives up
 
@@ -54,26 +56,37 @@ def grade(prediction: str | None, gold: str, timeout: float = 2.0) -> bool:
     when both are plain numbers, `a/b` or `\frac{a}{b}` (`0.5 == 1/2`, `91 == 91.0`, but `0.333333 != 1/3`). Other
     pairs go to math-verify when it is installed, the text is at most 1,000 characters and free of power towers, and
     the call runs on the main thread; anything else, and anything math-verify cannot settle within `timeout`, is
-    `False`. No model text is ever evaluated.
+    `False`. No model text is ever evaluated. A missing gold answer is an error, never a match: `None`, text that is
+    empty once normalised (`""`, `"$ $"`, `"\boxed{}"`), and the text a missing value prints as (`"None"`, `"nan"`,
+    `"NaN"`, `"null"`, `"<NA>"`, e.g. from `str(row["answer"])`) raise `ValueError`.
 
     Args:
         prediction (`str | None`):
             Extracted answer of the model (e.g. from [`extract_answer`]); `None` (no answer found) grades `False`.
         gold (`str`):
-            Reference answer.
+            Reference answer; must not be missing (see above).
         timeout (`float`, *optional*, defaults to `2.0`):
             Seconds math-verify may spend on this pair.
 
     Returns:
         `bool`: `True` iff the two answers are shown equal.
+
+    Raises:
+        `ValueError`: When `gold` is missing (see above). `TypeError`: When `gold` is not a string.
     """
     if timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout}.")
+    _check_gold(gold)
+    gold = _strip_answer(gold)
+    normal_gold = _normalize(gold)
+    if not normal_gold:
+        raise ValueError(f"The gold answer is empty once normalised ({gold!r}): a missing reference answer cannot be "
+                         f"graded. Drop or fix the row before grading.")
     if prediction is None:
         return False
-    prediction, gold = _strip_answer(prediction), _strip_answer(gold)
-    normal_prediction, normal_gold = _normalize(prediction), _normalize(gold)
-    if not normal_prediction or not normal_gold:
+    prediction = _strip_answer(prediction)
+    normal_prediction = _normalize(prediction)
+    if not normal_prediction:
         return False
     if normal_prediction == normal_gold:
         return True
@@ -91,7 +104,7 @@ def grade_batch(predictions: Sequence[str | None], golds: Sequence[str], timeout
         predictions (`Sequence[str | None]`):
             Extracted answers.
         golds (`Sequence[str]`):
-            Reference answers, one per prediction.
+            Reference answers, one per prediction; none may be missing (see [`grade`]).
         timeout (`float`, *optional*, defaults to `2.0`):
             Seconds math-verify may spend on each pair.
 
@@ -101,6 +114,18 @@ def grade_batch(predictions: Sequence[str | None], golds: Sequence[str], timeout
     if len(predictions) != len(golds):
         raise ValueError(f"predictions and golds must have the same length, got {len(predictions)} and {len(golds)}.")
     return [grade(prediction, gold, timeout) for prediction, gold in zip(predictions, golds, strict=True)]
+
+
+def _check_gold(gold: str) -> None:
+    """Raise if `gold` is not a string or is the text of a missing value (see [`grade`])."""
+    if gold is None:
+        raise ValueError("The gold answer is None: a missing reference answer cannot be graded. Drop or fix the row "
+                         "before grading.")
+    if not isinstance(gold, str):
+        raise TypeError(f"The gold answer must be a string, got {type(gold).__name__} {gold!r:.80}; pass its text.")
+    if gold.strip() in MISSING_GOLD_TEXTS:
+        raise ValueError(f"The gold answer is {gold!r}, the text of a missing value (str() of None, NaN, null or NA): "
+                         f"a missing reference answer cannot be graded. Drop or fix the row before grading.")
 
 
 def _strip_answer(text: str) -> str:
