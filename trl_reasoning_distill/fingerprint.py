@@ -200,3 +200,34 @@ def check_unique_ids(rows: list[dict], what: str = "the dataset") -> list[dict]:
                              "because results are resumed by id.")
         first_row[key] = i
     return rows
+
+
+def row_hash(row: Mapping) -> str:
+    """Identity of one input row (every column, its `id` included): each record made from the row stores it."""
+    return rows_identity([row])
+
+
+def check_records_rows(records: Mapping[str, Mapping], rows: Sequence[Mapping], output: str | Path,
+                       flag: str = "--overwrite") -> None:
+    """Raise [`StaleOutputError`] unless every record of `output` (by `str(id)`, each with the `row_hash` of the row
+    it was made from) belongs to a row of `rows` with the same content.
+
+    The data set is checked record by record rather than as one hash, so that an output may grow with its data set (a
+    longer prefix of the same rows resumes it), while a record of a changed row, or of a row this data set does not
+    have, is never reused.
+    """
+    by_id = {str(row["id"]): (i, row) for i, row in enumerate(rows)}
+    foreign = [key for key in records if key not in by_id]
+    changed = [(i, row["id"]) for key, record in records.items() if key in by_id
+               for i, row in [by_id[key]] if record.get("row_hash") != row_hash(row)]
+    if not foreign and not changed:
+        return
+    lines = []
+    if changed:
+        i, key = min(changed)
+        lines.append(f"dataset: {len(changed)} row(s) differ from the rows their records were made from (first: row "
+                     f"{i}, id {key!r})")
+    if foreign:
+        lines.append(f"dataset: {len(foreign)} record(s) of ids this dataset does not have (first: {foreign[0]!r})")
+    raise StaleOutputError(f"{output} was made from other data than this run's:\n  " + "\n  ".join(lines)
+                           + f"\nPass {flag} to delete it and start afresh, or write to another output.")

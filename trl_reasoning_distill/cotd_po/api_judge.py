@@ -273,6 +273,16 @@ class APIJudgeScorer:
         self._lock = threading.Lock()
         self.num_requests = self.num_retries = self.num_parse_failures = self.num_malformed_logprobs = 0
 
+    def identity(self) -> dict:
+        """What decides the ratings: the API's address and model, the scale, the prompt and the reply settings (never
+        the API key)."""
+        import hashlib
+
+        return {"scorer": type(self).__name__, "url": self.url, "model": self.model,
+                "rating_scale": [self.low, self.high],
+                "use_logprobs": self.use_logprobs, "top_logprobs": self.top_logprobs, "max_tokens": self.max_tokens,
+                "prompt_template": hashlib.sha256(self.prompt_template.encode()).hexdigest()[:16]}
+
     def score(
         self, prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]], rationales: Sequence[str] | None = None
     ) -> list[list[float]]:

@@ -110,6 +110,14 @@ class LogProbTeacherScorer:
         self.batch_size, self.max_length = batch_size, max_length
         self._accepts_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
+    def identity(self) -> dict:
+        """What decides the scores: the teacher's weights, its tokenizer and the scoring mode."""
+        from ..fingerprint import model_identity, tokenizer_identity
+
+        return {"scorer": type(self).__name__, "model": model_identity(self.model),
+                "tokenizer": tokenizer_identity(self.tokenizer), "length_normalize": self.length_normalize,
+                "append_eos": self.append_eos, "max_length": self.max_length}
+
     def score(
         self, prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]], rationales: Sequence[str] | None = None
     ) -> list[list[float]]:
@@ -212,6 +220,13 @@ class RewardModelScorer:
             )
         self.model, self.tokenizer, self.batch_size, self.max_length = model, tokenizer, batch_size, max_length
 
+    def identity(self) -> dict:
+        """What decides the scores: the reward model's weights, its tokenizer and the length limit."""
+        from ..fingerprint import model_identity, tokenizer_identity
+
+        return {"scorer": type(self).__name__, "model": model_identity(self.model),
+                "tokenizer": tokenizer_identity(self.tokenizer), "max_length": self.max_length}
+
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, trust_remote_code: bool = False, dtype: str | torch.dtype = "auto",
                         device: str | torch.device | None = None, **kwargs) -> "RewardModelScorer":
@@ -307,6 +322,11 @@ class ToyCorrectnessScorer:
                              f"{incorrect_reward}.")
         self.correct_reward, self.incorrect_reward = correct_reward, incorrect_reward
         self.num_unboxed = 0
+
+    def identity(self) -> dict:
+        """The two rewards (the check itself is exact)."""
+        return {"scorer": type(self).__name__, "correct_reward": self.correct_reward,
+                "incorrect_reward": self.incorrect_reward}
 
     def score(
         self, prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]], rationales: Sequence[str] | None = None

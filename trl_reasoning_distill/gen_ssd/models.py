@@ -70,6 +70,14 @@ class HFChunkProposer:
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self._state: tuple[torch.Tensor, torch.Tensor, object] | None = None  # sequences, attention mask, cache
 
+    def identity(self) -> dict:
+        """The teacher's weights and tokenizer, and whether the cache is reused (a re-encoded prefix may round
+        differently); the decoding is the sampler's."""
+        from ..fingerprint import model_identity, tokenizer_identity
+
+        return {"backend": "hf", "model": model_identity(self.model), "tokenizer": tokenizer_identity(self.tokenizer),
+                "reuse_cache": self.reuse_cache, "eos_token_ids": self.eos_token_ids}
+
     def _config(self, max_new_tokens: int) -> GenerationConfig:
         """The same config as `HFGenerator.generate` (padded vocabulary rows are never sampled)."""
         sampled = self.temperature > 0
@@ -131,6 +139,12 @@ class GeneratorProposer:
         self.generator = generator
         self.decoding = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
 
+    def identity(self) -> dict:
+        """The wrapped generator's identity (its `identity()` when it has one)."""
+        from ..fingerprint import model_identity
+
+        return {"backend": "generator", "generator": model_identity(self.generator)}
+
     def propose(self, prefixes: list[list[int]], counts: list[int], max_new_tokens: int,
                 parents: list[int] | None = None) -> list[list[int]]:
         groups: list[list[list[int]]] = [[] for _ in prefixes]
@@ -159,6 +173,12 @@ class StudentScorer:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.model, self.pad_token_id, self.batch_size = model, pad_token_id, batch_size
+
+    def identity(self) -> dict:
+        """The scoring model's weights and the candidates per forward pass."""
+        from ..fingerprint import model_identity
+
+        return {"model": model_identity(self.model), "batch_size": self.batch_size}
 
     @torch.inference_mode()
     def score(self, contexts: list[list[int]], continuations: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

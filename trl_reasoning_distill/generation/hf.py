@@ -32,6 +32,14 @@ class HFGenerator:
             raise ValueError("HFGenerator needs a tokenizer with both a pad token and an EOS token.")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
 
+    def identity(self) -> dict:
+        """What decides the samples: the backend, the model's weights, the tokenizer and the sequences per
+        `generate` call (the batching orders the random draws)."""
+        from ..fingerprint import model_identity, tokenizer_identity
+
+        return {"backend": "hf", "model": model_identity(self.model), "tokenizer": tokenizer_identity(self.tokenizer),
+                "batch_size": self.batch_size}
+
     def generate(
         self,
         prompt_ids: list[list[int]],

@@ -71,6 +71,21 @@ class VLLMGenerator:
         padding_rows = range(len(tokenizer), vocab_size or 0)
         self.padding_bias = {token_id: PADDING_BIAS for token_id in padding_rows} or None
 
+    def identity(self) -> dict:
+        """What decides the samples: the backend and mode, the served model (a colocated engine's model path or Hub
+        id, revision, dtype and seed, with a hash of its weight files when they are local; a server's `base_url`), the
+        tokenizer and the stop ids. Weights a trainer synced into the engine since it started are not seen."""
+        from ..fingerprint import tokenizer_identity
+
+        out = {"backend": "vllm", "tokenizer": tokenizer_identity(self.tokenizer),
+               "eos_token_ids": sorted(self.eos_token_ids), "padding_rows": len(self.padding_bias or ())}
+        if self.llm is None:
+            return {**out, "mode": "server", "base_url": getattr(self.client, "base_url", None)}
+        config = self.llm.llm_engine.model_config
+        return {**out, "mode": "colocate", "model": str(config.model), "revision": getattr(config, "revision", None),
+                "dtype": str(getattr(config, "dtype", None)), "seed": getattr(config, "seed", None),
+                "weights": weight_files_identity(config.model)}
+
     @classmethod
     def colocate(
         cls,
@@ -197,6 +212,26 @@ class VLLMGenerator:
         return _server_to_samples(
             response, named["n"], self.tokenizer, params.get("stop"), self.eos_token_ids, return_logprobs
         )
+
+
+def weight_files_identity(path: str, sample_bytes: int = 1 << 16) -> str | None:
+    """Hash of the weight files of a local model directory (names, sizes and `sample_bytes` from the start, middle
+    and end of each: cheap at any size, and a re-saved checkpoint changes it); None for a Hub id."""
+    import hashlib
+    from pathlib import Path
+
+    directory = Path(path)
+    if not directory.is_dir():
+        return None
+    hasher = hashlib.sha256()
+    for file in sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".gguf")):
+        size = file.stat().st_size
+        hasher.update(f"{file.name}:{size}".encode())
+        with open(file, "rb") as handle:
+            for offset in (0, max(0, size // 2 - sample_bytes // 2), max(0, size - sample_bytes)):
+                handle.seek(offset)
+                hasher.update(handle.read(sample_bytes))
+    return hasher.hexdigest()[:16]
 
 
 def _sampling_params(
