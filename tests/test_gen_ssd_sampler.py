@@ -378,6 +378,7 @@ def test_resume_after_a_torn_write_redoes_the_batch_and_appends_only_what_is_mis
     kept_ids = {r["id"] for r in map(json.loads, lines[:3]) if r["is_correct"]}
     kept_lines = [line for line in whole.splitlines(keepends=True) if json.loads(line)["id"] in kept_ids]
     (tmp_path / "cut.jsonl").write_bytes(b"".join(kept_lines))
+    (tmp_path / "cut.fingerprint.json").write_bytes((tmp_path / "whole.fingerprint.json").read_bytes())  # same run
     summary = run(tmp_path / "cut.jsonl")
     assert (tmp_path / "cut.jsonl").read_bytes() == whole and (tmp_path / "cut.all.jsonl").read_bytes() == whole_all
     assert summary.problems == 6 and summary.teacher_tokens_this_run < summary.teacher_tokens

@@ -13,7 +13,8 @@ The teacher and student sides live in `models.py`: a Hugging Face teacher ([`HFC
 of the kept candidates, any [`Generator`] ([`GeneratorProposer`], e.g. vLLM) relies on its engine's prefix cache.
 
 [`GenSSDSampler`] runs the loop over a data set, grades the one kept trajectory per problem with `verify/` (Eq. 5) and
-appends records to a JSONL file as each batch ends (resumable: a killed run restarts where it stopped). Best-of-K by
+appends records to a JSONL file as each batch ends (resumable: a killed run restarts where it stopped; a fingerprint of
+the models and settings beside the file keeps a run under other ones from reusing its records). Best-of-K by
 student PPL ([`ChunkSampling.best_of`]) and plain rejection sampling ([`ChunkSampling.plain`]) are the same loop.
 """
 
@@ -31,6 +32,14 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..evaluation import as_messages, check_prompt_answer_rows
+from ..fingerprint import (
+    check_records_rows,
+    check_unique_ids,
+    claim_output,
+    model_identity,
+    row_hash,
+    tokenizer_identity,
+)
 from ..generation.base import Generator, validate_sampling
 from ..jsonl import append_records, read_records
 from ..verify import EXTRACTION_MODES, extract_answer, grade
@@ -62,6 +71,7 @@ from .selection import (
     select_candidates,
 )
 
+RECORD_FORMAT = "gen_ssd/2"  # 2: records carry the `row_hash` of their row
 TEACHER_DECODING = {"temperature": 0.6, "top_p": 0.95, "top_k": 30}  # QwQ-32B's recommended settings, paper §4.1
 
 
@@ -354,7 +364,8 @@ class GenSSDSampler:
     outcome. Both are resumable: a run killed at any point and restarted with the same arguments redoes the batch it
     was in (same seed, same samples) and writes exactly the records that are missing, so the files end up identical to
     an uninterrupted run's (with a deterministic backend: Hugging Face `generate`; vLLM does not promise identical
-    samples across runs).
+    samples across runs). A run under other models, settings or rows refuses to resume them (`StaleOutputError`,
+    `overwrite=True` / `--overwrite` starts afresh).
 
     Args:
         teacher (`PreTrainedModel`, `Generator` or `ChunkProposer`):
@@ -416,13 +427,20 @@ class GenSSDSampler:
         self.tokenizer, self.batch_size, self.seed, self.progress = tokenizer, batch_size, seed, progress
         self.answer_extraction, self.keep_only_correct = answer_extraction, keep_only_correct
 
-    def sample(self, dataset, output_path: str | Path) -> SamplingSummary:
+    def sample(self, dataset, output_path: str | Path, overwrite: bool = False) -> SamplingSummary:
         """Sample every problem of `dataset` (`prompt`, `answer`, optional unique `id`; the row index otherwise)
-        not yet in the output files, appending as each batch ends; returns the totals of the whole files."""
+        not yet in the output files, appending as each batch ends; returns the totals of the whole files.
+
+        The files are claimed first with [`GenSSDSampler.fingerprint`] (`<output>.fingerprint.json`): files made by
+        other models or settings raise `StaleOutputError` naming the differing fields, and so do records made from
+        other rows (each record keeps the `row_hash` of its row; a longer data set with the same first rows resumes
+        the files). `overwrite=True` deletes both files and starts afresh."""
         rows = self._rows(dataset)
         output_path = Path(output_path)
-        output_path.parent.mkdir(parents=True, exist_ok=True)
+        claim_output(output_path, self.fingerprint(), overwrite=overwrite, companions=[all_records_path(output_path)])
         kept, seen = read_records(output_path), read_records(all_records_path(output_path))
+        check_records_rows(seen, rows, output_path)
+        check_records_rows(kept, rows, output_path)
         bar = tqdm(total=len(rows), initial=sum(str(r["id"]) in seen for r in rows), desc="gen-ssd",
                    disable=not self.progress)
         start, run_tokens = time.perf_counter(), 0
@@ -450,11 +468,20 @@ class GenSSDSampler:
     def _rows(self, dataset) -> list[dict]:
         rows = [dict(r) for r in dataset]
         check_prompt_answer_rows(rows, "the Gen-SSD dataset")
-        for i, row in enumerate(rows):
-            row.setdefault("id", i)
-        if len({str(r["id"]) for r in rows}) != len(rows):
-            raise ValueError("the Gen-SSD dataset's `id` values must be unique: records are resumed by id.")
-        return rows
+        return check_unique_ids(rows, "the Gen-SSD dataset")
+
+    def fingerprint(self) -> dict:
+        """What decides the records, as stored beside the output: teacher, student scorer, tokenizer, every chunking,
+        decoding and selection setting, batching, seed, answer check and the record format."""
+        selection = self.selection
+        return {
+            "record_format": RECORD_FORMAT, "teacher": model_identity(self.proposer),
+            "student": model_identity(self.scorer), "tokenizer": tokenizer_identity(self.tokenizer),
+            **asdict(self.sampling), "selection": type(selection).__name__, "rule": selection.rule,
+            "beam_score": selection.beam_score, "prefer_eos": selection.prefer_eos, "batch_size": self.batch_size,
+            "seed": self.seed, "answer_extraction": self.answer_extraction,
+            "keep_only_correct": self.keep_only_correct, "eos_token_ids": self.eos_token_ids,
+        }
 
     def _sample_batch(self, batch: list[dict], seed: int) -> list[dict]:
         """The chunk loop on one batch under its own seed, then one answer check per problem (Eq. 5)."""
@@ -472,7 +499,7 @@ class GenSSDSampler:
         predicted = extract_answer(answer_text, self.answer_extraction)
         s = self.sampling
         return {
-            "id": row["id"], "prompt": prompt_text,
+            "id": row["id"], "row_hash": row_hash(row), "prompt": prompt_text,
             "completion": self.tokenizer.decode(t.token_ids, skip_special_tokens=False),  # with its EOS: SFT adds none
             "answer": str(row["answer"]), "pred_answer": predicted, "is_correct": grade(predicted, str(row["answer"])),
             "student_ppl": t.perplexity, "completion_tokens": len(t.token_ids), "finish_reason": t.finish_reason,
@@ -514,6 +541,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--scorer_batch_size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the output files made under other settings and start afresh")
     args = parser.parse_args(argv)
 
     from ..cli import load_dataset_spec, load_model_and_tokenizer
@@ -532,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
     sampling = ChunkSampling(**{name: getattr(args, name) for name in asdict(defaults)})
     sampler = GenSSDSampler(teacher, student, tokenizer, sampling, GenerationSelectionCallback(args.rule),
                             batch_size=args.batch_size, scorer_batch_size=args.scorer_batch_size, seed=args.seed)
-    summary = sampler.sample(load_dataset_spec(args.data), args.output)
+    summary = sampler.sample(load_dataset_spec(args.data), args.output, overwrite=args.overwrite)
     print(f"{summary.kept}/{summary.problems} kept, {summary.teacher_tokens} teacher tokens "
           f"({summary.tokens_per_kept:.0f} per kept trajectory), {summary.seconds:.1f} s")
 
