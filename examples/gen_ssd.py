@@ -10,6 +10,8 @@ Toy world, CPU, a few minutes:
     python examples/gen_ssd.py
     python examples/gen_ssd.py --selection_rule high       # Table 4's ablation: keep the most perplexing chunks
     python examples/gen_ssd.py --online true --max_steps 50
+The teacher samples (cold start and Gen-SSD) are resumable files under --output_dir, fingerprinted with the models
+and settings that made them: a rerun under other ones stops and names what differs; `--overwrite` starts afresh.
 Paper scale (QwQ-32B teacher on vLLM, Qwen2.5-Math-1.5B student; see the YAML for data and GPUs):
     python examples/gen_ssd.py --config examples/configs/gen_ssd_paper.yaml
 """
@@ -37,8 +39,14 @@ class PipelineArguments:
     cold_start_samples: int = field(
         default=4, metadata={"help": "Teacher samples per cold-start problem, the first correct kept (spec §8 A10)."})
     sampler_batch_size: int = field(default=16, metadata={"help": "Problems sampled in lockstep by GenSSDSampler."})
+    cold_start_data: str = field(
+        default="", metadata={"help": "Cold-start teacher samples (resumed if present); default "
+                                      "<output_dir>/cold_start_data.jsonl."})
     sampled_data: str = field(
         default="", metadata={"help": "Gen-SSD JSONL (resumed if present); default <output_dir>/gen_ssd_data.jsonl."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Delete sample files made under other models or settings and start afresh "
+                                         "(without it such files stop the run, naming what differs)."})
     num_samples: int = field(
         default=0, metadata={"help": "Seeded subsample of the kept trajectories for SFT (paper: 8500); 0 keeps all."})
     teacher_backend: str = field(default="hf", metadata={"help": "'hf' (transformers) or 'vllm' (colocated engine)."})
@@ -87,9 +95,11 @@ def main():
     distinct = len({str(p) for p in train["prompt"]})
     cold, rest = split_cold_start(train, math.floor(pipeline.cold_start_fraction * distinct), seed=config.seed)
     if len(cold):  # spec §2.2 step 2: verified teacher samples (rejection sampling, Eq. 2), SFT from the base
+        cold_path = pipeline.cold_start_data or str(Path(config.output_dir) / "cold_start_data.jsonl")
         data = rejection_sample(teacher, tokenizer, cold, n=pipeline.cold_start_samples,
                                 temperature=config.teacher_temperature, top_p=config.teacher_top_p,
-                                max_new_tokens=config.max_new_tokens)
+                                max_new_tokens=config.max_new_tokens, seed=config.seed, output_jsonl=cold_path,
+                                overwrite=pipeline.overwrite)
         print(f"cold start: {len(data)} verified teacher samples from {len(cold)} problems")
         student = sft(student, tokenizer, config, data, "cold start")
         student.save_pretrained(Path(config.output_dir) / "cold_start")
@@ -110,7 +120,7 @@ def main():
                                 seed=config.seed, answer_extraction=config.answer_extraction,
                                 eos_token_ids=[tokenizer.eos_token_id,
                                                *tokenizer.convert_tokens_to_ids(pipeline.eos_tokens)])
-        summary = sampler.sample(rest, path)
+        summary = sampler.sample(rest, path, overwrite=pipeline.overwrite)
         print(f"Gen-SSD: {summary.kept}/{summary.problems} problems kept, {summary.pruned} chunks pruned, "
               f"{summary.tokens_per_kept:.0f} teacher tokens per kept trajectory, {summary.seconds:.0f} s")
         if summary.kept:

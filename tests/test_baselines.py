@@ -118,3 +118,23 @@ def test_real_tiny_model(tiny_student, tokenizer):
     out = rejection_sample(tiny_student, tokenizer, data(("1+1=?", "2")), n=2, max_new_tokens=4)
     assert len(out) <= 1  # a random model is almost never right; only the schema and the call path are checked here
     assert {"prompt", "completion", "answer"} <= set(out.column_names)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"batch_size": 0}, "batch_size"), ({"extraction": "nope"}, "extraction"),
+                                             ({"output_jsonl": "x.jsonl"}, "seed")])
+def test_bad_batching_and_output_arguments_raise_before_generation(tokenizer, tmp_path, kwargs, message):
+    generator = ScriptedGenerator(tokenizer, {})
+    if "output_jsonl" in kwargs:
+        kwargs = {"output_jsonl": tmp_path / kwargs["output_jsonl"]}
+    with pytest.raises(ValueError, match=message):
+        rejection_sample(generator, tokenizer, data(("1+1=?", "2")), n=1, **kwargs)
+    assert generator.calls == [] and not any(tmp_path.iterdir())
+
+
+def test_seeded_batches_sample_each_batch_under_its_own_seed(tokenizer):
+    """With a seed, prompts go in batches of `batch_size`, one generation call each."""
+    pools = {p: [sample(box(a))] for p, a in (("1+1=?", 2), ("2+2=?", 4), ("3+3=?", 6))}
+    generator = ScriptedGenerator(tokenizer, pools)
+    out = rejection_sample(generator, tokenizer, data(("1+1=?", "2"), ("2+2=?", "4"), ("3+3=?", "6")), n=1,
+                           batch_size=2, seed=0)
+    assert [len(call["texts"]) for call in generator.calls] == [2, 1] and out["id"] == ["q0", "q1", "q2"]
