@@ -9,12 +9,15 @@ toy world's exact step checker, at paper scale a PRM (Skywork-o1-Open-PRM), or t
 Toy world, CPU, a few minutes:
     python examples/vcrd.py
     python examples/vcrd.py --validity_judge teacher_prob --max_steps 300
+The sampled rollouts are a resumable file (default <output_dir>/rollouts.jsonl), fingerprinted with the models and
+settings that made them: a rerun under other ones stops and names what differs; `--overwrite` starts afresh.
 Paper scale (Qwen2.5-Math-7B-Instruct -> Qwen2.5-Math-1.5B, Skywork PRM, LoRA, 4 GPUs):
     accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/vcrd.py \
         --config examples/configs/vcrd_paper.yaml
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from _common import TOY_TRAINING_DEFAULTS, ScriptArguments, accuracy, load_models
 
@@ -38,6 +41,17 @@ class LoraArguments:
     )
 
 
+@dataclass
+class RolloutArguments:
+    """Where the offline rollouts are written (resumable and fingerprinted)."""
+
+    rollouts_data: str = field(
+        default="", metadata={"help": "Rollout JSONL (resumed if present); default <output_dir>/rollouts.jsonl."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Delete rollouts made under other models or settings and start afresh "
+                                         "(without it such a file stops the run, naming what differs)."})
+
+
 def peft_config(lora: LoraArguments):
     if not lora.use_peft:
         return None
@@ -47,7 +61,8 @@ def peft_config(lora: LoraArguments):
                       target_modules=lora.lora_target_modules, task_type="CAUSAL_LM")
 
 
-def training_data(script_args: ScriptArguments, config: VCRDConfig, student, teacher, tokenizer):
+def training_data(script_args: ScriptArguments, rollouts: RolloutArguments, config: VCRDConfig, student, teacher,
+                  tokenizer):
     """The training rows; without teacher responses, both models' responses are sampled first (paper §12)."""
     data = load_dataset_spec(script_args.train_data)
     if set(TEACHER_COLUMNS) & set(data.column_names):
@@ -55,20 +70,22 @@ def training_data(script_args: ScriptArguments, config: VCRDConfig, student, tea
     offline_student = student if config.student_rollout == "offline" else None
     print(f"sampling offline rollouts for {len(data)} prompts", flush=True)
     return sample_vcrd_rollouts(teacher, offline_student, tokenizer, data, max_new_tokens=config.max_new_tokens,
-                                temperature=config.rollout_temperature, top_p=config.rollout_top_p)
+                                temperature=config.rollout_temperature, top_p=config.rollout_top_p, seed=config.seed,
+                                output_jsonl=rollouts.rollouts_data or Path(config.output_dir) / "rollouts.jsonl",
+                                overwrite=rollouts.overwrite)
 
 
 def main():
-    parser = TrlParser((ScriptArguments, VCRDConfig, LoraArguments))
+    parser = TrlParser((ScriptArguments, VCRDConfig, LoraArguments, RolloutArguments))
     # Toy settings (ours): the toy world has an exact step checker and no PRM; its {0, 1} scores make Eq. (1) give
     # 0, ~1 or 1/eps, so w is capped at 2 (the PRM-free bound). Toy prompts are ~20 tokens, solutions < 192.
     parser.set_defaults(**{**TOY_TRAINING_DEFAULTS, "output_dir": "runs/vcrd", "learning_rate": 5e-4},
                         validity_judge="step_checker", weight_clip_max=2.0, max_prompt_length=64, max_new_tokens=192)
-    script_args, config, lora = parser.parse_args_and_config()
+    script_args, config, lora, rollouts = parser.parse_args_and_config()
     student, teacher, tokenizer = load_models(script_args)
     accuracy(student, tokenizer, script_args, "student before")
     trainer = VCRDTrainer(model=student, teacher_model=teacher, args=config, processing_class=tokenizer,
-                          train_dataset=training_data(script_args, config, student, teacher, tokenizer),
+                          train_dataset=training_data(script_args, rollouts, config, student, teacher, tokenizer),
                           peft_config=peft_config(lora))
     trainer.train()
     trainer.save_model(config.output_dir)

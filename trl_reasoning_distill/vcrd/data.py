@@ -7,10 +7,12 @@ As in the paper's experiments (§12) both are generated once before training by 
 - [`to_vcrd_dataset`]: any accepted format to the trainer's (`messages` ending in the teacher reply, GKD's format, plus
   `student_completion`), with every row checked up front.
 - [`VCRDDataCollator`]: left-padded `teacher_*` and `student_*` sequences, the prompt ids and the raw prompt text.
-- [`sample_vcrd_rollouts`] / [`toy_vcrd_dataset`]: the offline rollouts, sampled with [`HFGenerator`].
+- [`sample_vcrd_rollouts`] / [`toy_vcrd_dataset`]: the offline rollouts, sampled with [`HFGenerator`] (optionally
+  into a resumable, fingerprinted record file).
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,12 +21,24 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..evaluation import as_messages, encode_prompts
+from ..fingerprint import (
+    check_records_rows,
+    check_unique_ids,
+    claim_output,
+    model_identity,
+    row_hash,
+    tokenizer_identity,
+)
+from ..gen_ssd.sampler import batch_seed
 from ..generation import HFGenerator
+from ..generation.base import validate_sampling
+from ..jsonl import append_records, read_records
 from ..toy.task import parse_problem
 
 TEACHER_COLUMNS = ("teacher_completion", "chosen")  # our name, then DistiLLM-2's
 STUDENT_COLUMNS = ("student_completion", "rejected")
 HALVES = ("teacher", "student")
+ROLLOUT_FORMAT = "vcrd_rollouts/1"
 
 
 def _column(columns: list[str], candidates: tuple[str, str], who: str) -> str | None:
@@ -191,6 +205,9 @@ def sample_vcrd_rollouts(
     temperature: float = 0.8,
     top_p: float = 0.95,
     batch_size: int = 256,
+    seed: int | None = None,
+    output_jsonl: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Dataset:
     """
     The offline rollouts of VCRD (paper §12): one teacher response and (with `student`) one student response per
@@ -203,6 +220,18 @@ def sample_vcrd_rollouts(
         tokenizer (`PreTrainedTokenizerBase`): Their shared tokenizer (pad and EOS tokens set).
         dataset: A `Dataset` or list of rows with a `prompt` column (a string or chat messages).
         max_new_tokens (`int`, *optional*, defaults to `512`): Response budget (spec A10: 1024 - 512).
+        batch_size (`int`, *optional*, defaults to `256`): Prompts per `generate` call (and, with `seed`, per seeded
+            batch of records).
+        seed (`int` or `None`, *optional*, defaults to `None`): Seeds each batch of `batch_size` prompts (teacher,
+            then student) with `gen_ssd.sampler.batch_seed(seed, k)`, so a resumed run redraws exactly the batches it
+            redoes. `None`: the teacher over every prompt, then the student, under the global random state.
+        output_jsonl (`str` or `Path`, *optional*): Resumable record file (needs a `seed`): one record per prompt
+            (`id`, `row_hash` and the responses), appended and fsynced as each batch ends; recorded prompts are not
+            sampled again, so the result is the same whether the run was interrupted or not. Needs unique `id`s (the
+            row index where there is no `id` column). A fingerprint of both models, the tokenizer and the settings
+            is kept beside it: a run under others raises `StaleOutputError` naming the fields, and so does a record
+            of another row.
+        overwrite (`bool`, *optional*, defaults to `False`): Delete `output_jsonl` and its fingerprint first.
 
     Returns:
         `Dataset`: The rows with `teacher_completion` and (with `student`) `student_completion` added.
@@ -210,14 +239,52 @@ def sample_vcrd_rollouts(
     rows = [dict(row) for row in dataset]
     if not rows or any("prompt" not in row for row in rows):
         raise ValueError("sample_vcrd_rollouts needs a non-empty dataset with a 'prompt' column.")
-    prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in rows])
-    settings = dict(n=1, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if output_jsonl is not None and seed is None:
+        raise ValueError("output_jsonl needs a `seed`: a resumed run must redraw the batches it redoes exactly.")
+    validate_sampling(1, max_new_tokens, temperature, top_p, 0)
+    keyed = [dict(row) for row in rows]  # ids filled in without adding an `id` column to the result
+    if output_jsonl is not None:
+        check_unique_ids(keyed, "the VCRD rollout dataset")
+    else:
+        for i, row in enumerate(keyed):
+            row["id"] = i
     models = {"teacher_completion": teacher} | ({"student_completion": student} if student is not None else {})
+    done: dict[str, dict] = {}
+    if output_jsonl is not None:
+        fields = {"record_format": ROLLOUT_FORMAT, "teacher": model_identity(teacher),
+                  "student": None if student is None else model_identity(student),
+                  "tokenizer": tokenizer_identity(tokenizer), "max_new_tokens": max_new_tokens,
+                  "temperature": temperature, "top_p": top_p, "batch_size": batch_size, "seed": seed}
+        claim_output(output_jsonl, fields, overwrite=overwrite)
+        done = read_records(output_jsonl)
+        check_records_rows(done, keyed, output_jsonl)
+    step = len(rows) if seed is None else batch_size
+    for k, start in enumerate(range(0, len(rows), step)):
+        batch = keyed[start : start + step]
+        if all(str(row["id"]) in done for row in batch):
+            continue
+        if seed is not None:
+            torch.manual_seed(batch_seed(seed, k))
+        records = _rollout_batch(batch, models, tokenizer, max_new_tokens, temperature, top_p, batch_size)
+        append_records(output_jsonl, [r for r in records if str(r["id"]) not in done])
+        done.update({str(r["id"]): r for r in records if str(r["id"]) not in done})
+    records = [done[str(key["id"])] for key in keyed]
+    return Dataset.from_list([{**row, **{c: record[c] for c in models}} for row, record in zip(rows, records)])
+
+
+def _rollout_batch(batch: list[dict], models: dict, tokenizer, max_new_tokens: int, temperature: float, top_p: float,
+                   batch_size: int) -> list[dict]:
+    """One record per row of `batch`: each model's one response (all of the teacher's, then all of the student's)."""
+    prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in batch])
+    records = [{"id": row["id"], "row_hash": row_hash(row)} for row in batch]
     for column, model in models.items():
-        samples = HFGenerator(model, tokenizer, batch_size=batch_size).generate(prompt_ids, **settings)
-        for row, (sample,) in zip(rows, samples):
-            row[column] = sample.text
-    return Dataset.from_list(rows)
+        samples = HFGenerator(model, tokenizer, batch_size=batch_size).generate(
+            prompt_ids, n=1, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        for record, (sample,) in zip(records, samples, strict=True):
+            record[column] = sample.text
+    return records
 
 
 def toy_vcrd_dataset(
