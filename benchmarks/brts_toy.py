@@ -137,13 +137,11 @@ def step_time_table(steps: int, variants: list[str], csv_path: Path | None = Non
         with tempfile.TemporaryDirectory() as out:
             seconds[variant] = train_once(variant, 0, steps, train, tokenizer, teacher, out)[1] / steps
     if csv_path is not None:
-        fields = ["variant", "steps", "seconds_per_step", "ratio_to_plain_opd"]  # rewritten whole, never resumed
-        settings = {"steps": steps, "variants": list(seconds), "variant_configs": VARIANTS, "training": TRAINING,
-                    **toy_identity(teacher=teacher, tokenizer=tokenizer)}
-        finished_rows(csv_path, fields, settings, overwrite=True)
-        for variant, time_ in seconds.items():
-            append_row(csv_path, fields, {"variant": variant, "steps": steps, "seconds_per_step": time_,
-                                     "ratio_to_plain_opd": time_ / seconds[OPD]})
+        with csv_path.open("w", newline="") as handle:  # written whole each time, never resumed
+            writer = csv.DictWriter(handle, ["variant", "steps", "seconds_per_step", "ratio_to_plain_opd"])
+            writer.writeheader()
+            writer.writerows({"variant": variant, "steps": steps, "seconds_per_step": time_,
+                              "ratio_to_plain_opd": time_ / seconds[OPD]} for variant, time_ in seconds.items())
     lines = [f"| variant ({steps} steps each) | s/step | × plain OPD |", "| --- | --- | --- |"]
     lines += [f"| {v} | {t:.2f} | {t / seconds[OPD]:.2f} |" for v, t in seconds.items()]
     return "\n".join(lines)

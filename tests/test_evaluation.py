@@ -312,7 +312,9 @@ def test_an_unwritable_output_fails_before_any_generation(model, script, tokeniz
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError, match="cannot write the output"):
         evaluate(model, tokenizer, rows(*FOUR), output_jsonl=tmp_path / "file" / "eval.jsonl", progress=False)
-    assert stub.calls == []
+    with pytest.raises(ValueError, match="is a directory"):
+        evaluate(model, tokenizer, rows(*FOUR), output_jsonl=tmp_path, progress=False)
+    assert stub.calls == [] and not (tmp_path / "fingerprint.json").exists()
 
 
 def test_a_missing_output_folder_is_created(model, script, tokenizer, tmp_path):

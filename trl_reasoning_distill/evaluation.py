@@ -144,6 +144,8 @@ def evaluate(
     check_eval_settings(k, temperature, top_p, max_new_tokens, batch_size, extraction)
     rows = evaluation_rows(dataset)
     if output_jsonl is not None:
+        if Path(output_jsonl).is_dir():
+            raise ValueError(f"output_jsonl {output_jsonl} is a directory; give the path of a .jsonl file.")
         fields = evaluation_fingerprint(model, tokenizer, rows, k, temperature, top_p, max_new_tokens, extraction)
         claim_output(output_jsonl, fields, overwrite=overwrite)
     done = read_records(output_jsonl)
