@@ -11,10 +11,12 @@
 - The loss is `chunked.py`'s memory-lean divergence from the last hidden states (`loss_chunk_size`), never both
   models' full `[tokens, vocab]` logits; `weighted_loss_sum` is the one override point, so methods weight or mask
   the same primitive.
+- Exact resume, on-policy included, and checkpoints that are complete or absent (`checkpointing.py`): each
+  micro-batch is sampled under RNGs seeded from (seed, step, micro-batch, process), GKD's `lmbda` coin is a draw
+  every process shares, and a subclass's own state travels in the checkpoint (`resume_state`).
 """
 
 import contextlib
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +25,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ._trl import GKDTrainer, SFTTrainer, unwrap_model_for_generation
+from .checkpointing import ResumableTrainerMixin
 from .chunked import chunked_distill_loss
 from .divergence import per_token_divergence
 from .kd_config import KDConfig
@@ -88,7 +91,7 @@ def reported_vocab_size(model: PreTrainedModel, size: int):
         config.vocab_size = original
 
 
-class KDTrainer(GKDTrainer):
+class KDTrainer(ResumableTrainerMixin, GKDTrainer):
     """[`GKDTrainer`] with global-batch loss normalisation, any divergence, vocabulary alignment and flexible data.
 
     Subclasses change the loss through `token_weights` (per-token weights of the shared divergence) or
@@ -168,14 +171,19 @@ class KDTrainer(GKDTrainer):
     # --- generation for the whole accumulated batch, then one token count -------------------------------------
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The step's micro-batches with their samples, each drawn under RNGs seeded from (seed, step, micro-batch,
+        process) (`sampling_rng`), so a resumed run draws what an uninterrupted one does; then the token count."""
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        batches = [self._sample_completions(self._prepare_inputs(batch)) for batch in batches]
-        return batches, self._count_loss_tokens(batches, device)
+        sampled = []
+        for index, batch in enumerate(batches):
+            with self.sampling_rng(index):
+                sampled.append(self._sample_completions(self._prepare_inputs(batch)))
+        return sampled, self._count_loss_tokens(sampled, device)
 
     def _sample_completions(self, inputs: dict) -> dict:
         """GKD's draw: with probability `lmbda` the student's samples replace the targets, else (if `seq_kd`) the
-        teacher's. The same `random` stream as GKD, so every rank draws alike."""
-        on_policy = random.random() <= self.lmbda
+        teacher's. The coin is seeded from (seed, step, micro-batch), so every rank draws alike."""
+        on_policy = self.shared_uniform("lmbda") <= self.lmbda
         if not on_policy and not self.seq_kd:
             self.log_metric("on_policy", 0.0, mode="train")
             return inputs

@@ -30,8 +30,8 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.trainer_utils import get_last_checkpoint
 
+from ..checkpointing import last_complete_checkpoint
 from ..generation import Generator, HFGenerator, Sample
 from ..jsonl import append_records, read_records
 from .config import CoTDPOConfig
@@ -332,12 +332,12 @@ def run_rounds(
 
 
 def _train_round(model, tokenizer, dataset: Dataset, args: CoTDPOConfig, directory: Path) -> PreTrainedModel:
-    """A fresh trainer (optimizer, schedule) on the round's groups; resumes from its last checkpoint if any."""
+    """A fresh trainer (optimizer, schedule) on the round's groups; resumes from its newest complete checkpoint if any
+    (a checkpoint whose save was cut short is skipped with a warning)."""
     trainer_dir = directory / "trainer"
     round_args = dataclasses.replace(args, output_dir=str(trainer_dir))
     trainer = CoTDPOTrainer(model=model, args=round_args, train_dataset=dataset, processing_class=tokenizer)
-    last = get_last_checkpoint(str(trainer_dir)) if trainer_dir.is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(trainer_dir))
     trainer.save_model(str(directory / "model"))
     return trainer.model
 

@@ -21,6 +21,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from .._trl import DPOTrainer
+from ..checkpointing import ResumableTrainerMixin
 from .config import CoTDPOConfig
 from .loss import cotd_po_loss
 
@@ -122,9 +123,10 @@ class DataCollatorForCoTDPO:
                 "group_max_len": torch.tensor(lengths)}
 
 
-class CoTDPOTrainer(DPOTrainer):
+class CoTDPOTrainer(ResumableTrainerMixin, DPOTrainer):
     """[`DPOTrainer`] with CoTD-PO's reference-free listwise (or pairwise SimPO) loss over groups of K candidates plus
-    the teacher-rationale NLL. Metrics are logged as `cotd_po/<term>`; no reference model is built."""
+    the teacher-rationale NLL. Metrics are logged as `cotd_po/<term>`; no reference model is built. Checkpoints are
+    complete or absent, and resume picks the newest complete one (`checkpointing.py`)."""
 
     _tag_names = ["trl", "dpo", "trl-reasoning-distill", "cotd-po"]
     _name = "CoTD-PO"

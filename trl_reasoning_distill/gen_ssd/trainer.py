@@ -41,7 +41,8 @@ class GenSSDTrainer(KDTrainer):
         teacher_generator (`Generator`, *optional*):
             Proposes the teacher's chunks instead of `teacher_model`, e.g. a `VLLMGenerator` (prefix caching).
         selection (`GenerationSelectionCallback`, *optional*):
-            The selection hook; `args.selection_callback()` by default.
+            The selection hook; `args.selection_callback()` by default. A hook that keeps state between batches
+            exposes it as `state_dict()` / `load_state_dict(state)` (JSON-serialisable), saved with each checkpoint.
         model, teacher_model, args, train_dataset, **kwargs:
             As in [`KDTrainer`]; `args` is a [`GenSSDConfig`]; `train_dataset` needs `args.answer_column` when
             `keep_only_correct`.
@@ -75,7 +76,7 @@ class GenSSDTrainer(KDTrainer):
         super().__init__(model, teacher_model, args, train_dataset=train_dataset, **kwargs)
         self.teacher_generator = teacher_generator
         self.selection = selection or args.selection_callback()
-        self.selection_generator = torch.Generator().manual_seed(args.seed)  # rule="random" draws
+        self.selection_generator = torch.Generator().manual_seed(args.seed)  # rule="random"; reseeded per batch
         stop = self.accelerator.unwrap_model(self.teacher_model).generation_config.eos_token_id  # every stop id
         stop = [] if stop is None else [stop] if isinstance(stop, int) else list(stop)
         self.eos_token_ids = list(dict.fromkeys([self.processing_class.eos_token_id, *stop]))
@@ -87,12 +88,22 @@ class GenSSDTrainer(KDTrainer):
         if self.args.keep_only_correct and "answers" not in inputs:
             raise ValueError(f"keep_only_correct=True needs the gold column {self.args.answer_column!r} in every row.")
         prompts = [ids[mask.bool()].tolist() for ids, mask in zip(inputs["prompts"], inputs["prompt_attention_mask"])]
+        self.selection_generator.manual_seed(self.draw_seed("selection"))  # (seed, step, micro-batch, process)
         start = time.perf_counter()
         trajectories = self.select_trajectories(prompts)
         seconds = time.perf_counter() - start
         keep_B = self._keep_rows(trajectories, inputs.get("answers"))
         self._log_selection(trajectories, keep_B, seconds)
         return {**inputs, **self._target_batch(inputs, trajectories, keep_B)}
+
+    def resume_state(self) -> dict:
+        """The selection hook's own state, when it keeps one (`state_dict` / `load_state_dict`, JSON-serialisable)."""
+        state_dict = getattr(self.selection, "state_dict", None)
+        return {"selection": state_dict()} if callable(state_dict) else {}
+
+    def load_resume_state(self, state: dict) -> None:
+        if "selection" in state:
+            self.selection.load_state_dict(state["selection"])
 
     def select_trajectories(self, prompt_ids: list[list[int]]) -> list[Trajectory]:
         """One Gen-SSD trajectory per prompt: the teacher proposes, the current student (eval, no grad) selects."""

@@ -50,6 +50,14 @@ class TSDKDTrainer(KDTrainer):
         super().__init__(model, teacher_model, args, **kwargs)
         self.gap_history = deque(maxlen=args.adaptive_history)  # App. A.7: past entropy gaps, oldest first
 
+    def resume_state(self) -> dict:
+        """The entropy-gap history of the adaptive opener (App. A.7) travels with each checkpoint."""
+        return {"gap_history": list(self.gap_history)} if self.args.adaptive_opener else {}
+
+    def load_resume_state(self, state: dict) -> None:
+        self.gap_history.clear()
+        self.gap_history.extend(state.get("gap_history", []))
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
         mask_BT = inputs["labels"][:, 1:] != -100  # causal shift of GKD: no prompt-width slicing
