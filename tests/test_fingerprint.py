@@ -8,10 +8,12 @@ import torch
 import trl_reasoning_distill
 from trl_reasoning_distill.fingerprint import (
     StaleOutputError,
+    check_records_rows,
     check_unique_ids,
     claim_output,
     fingerprint_path,
     model_identity,
+    row_hash,
     rows_identity,
     tokenizer_identity,
 )
@@ -183,3 +185,35 @@ def test_missing_ids_are_row_indices():
 def test_a_repeated_id_is_named_with_its_rows(rows, message):
     with pytest.raises(ValueError, match=message):
         check_unique_ids(rows, "the data")
+
+
+# --- records checked against the rows they were made from ------------------------------------------------------------
+
+
+ROWS = [{"id": "a", "prompt": "1+1=?"}, {"id": "b", "prompt": "2+2=?"}, {"id": "c", "prompt": "3+3=?"}]
+
+
+def records_of(rows):
+    return {str(r["id"]): {"id": r["id"], "row_hash": row_hash(r)} for r in rows}
+
+
+def test_row_hash_follows_the_content_and_the_id():
+    assert row_hash(ROWS[0]) == row_hash(dict(ROWS[0]))
+    assert row_hash(ROWS[0]) != row_hash({**ROWS[0], "prompt": "1+2=?"})
+    assert row_hash(ROWS[0]) != row_hash({**ROWS[0], "id": "z"})
+
+
+def test_records_of_the_same_rows_or_a_prefix_resume(tmp_path):
+    check_records_rows(records_of(ROWS), ROWS, tmp_path / "out.jsonl")
+    check_records_rows(records_of(ROWS[:2]), ROWS, tmp_path / "out.jsonl")  # the data set grew
+
+
+def test_a_record_of_a_changed_row_is_refused_naming_it(tmp_path):
+    changed = [ROWS[0], {**ROWS[1], "prompt": "2+5=?"}, ROWS[2]]
+    with pytest.raises(StaleOutputError, match=r"(?s)row 1, id 'b'.*--overwrite"):
+        check_records_rows(records_of(ROWS), changed, tmp_path / "out.jsonl")
+
+
+def test_a_record_of_a_row_the_data_lacks_is_refused(tmp_path):
+    with pytest.raises(StaleOutputError, match=r"(?s)ids this dataset does not have \(first: 'c'\).*--resume-anew"):
+        check_records_rows(records_of(ROWS), ROWS[:2], tmp_path / "out.jsonl", flag="--resume-anew")
