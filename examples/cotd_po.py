@@ -2,7 +2,8 @@
 
 Each round the student samples K answers to fresh prompts, each continuing the prompt and the teacher's rationale;
 a teacher scorer rates them; the student learns the teacher's rationale (NLL) and, listwise, the teacher's ranking
-of its own answers (no reference model). Rounds resume where they stopped (`<output_dir>/round_NN/`).
+of its own answers (no reference model). Rounds resume where they stopped (`<output_dir>/round_NN/`), and only under
+the prompts, scorer and settings that made them (`<output_dir>/fingerprint.json`; `--overwrite` starts afresh).
 
 Toy world, CPU, about a minute (teacher rationales from the toy teacher, exact correctness as the teacher's score):
     python examples/cotd_po.py
@@ -46,6 +47,13 @@ class TeacherArguments:
     rationale_max_new_tokens: int = field(default=192, metadata={"help": "Longest teacher rationale."})
 
 
+@dataclass
+class OutputArguments:
+    overwrite: bool = field(
+        default=False, metadata={"help": "Delete rounds made under other prompts, scorer or settings and start "
+                                         "afresh (without it such rounds stop the run, naming what differs)."})
+
+
 def make_scorer(teacher_args: TeacherArguments, teacher, teacher_tokenizer, config: CoTDPOConfig):
     if teacher_args.scorer == "toy":
         return ToyCorrectnessScorer()
@@ -56,12 +64,12 @@ def make_scorer(teacher_args: TeacherArguments, teacher, teacher_tokenizer, conf
 
 
 def main():
-    parser = TrlParser((ScriptArguments, TeacherArguments, CoTDPORoundsConfig, CoTDPOConfig))
+    parser = TrlParser((ScriptArguments, TeacherArguments, CoTDPORoundsConfig, CoTDPOConfig, OutputArguments))
     parser.set_defaults(**{**TOY_TRAINING_DEFAULTS, "output_dir": "runs/cotd_po", "max_steps": 30,
                            "per_device_train_batch_size": 8, "warmup_steps": 3, "learning_rate": 2e-4,
                            "logging_steps": 10}, **TOY_FORMAT, gradient_accumulation_steps=1, num_rounds=3,
                         prompts_per_round=128, num_candidates=4, max_new_tokens=24)
-    script_args, teacher_args, rounds, config = parser.parse_args_and_config()
+    script_args, teacher_args, rounds, config, output = parser.parse_args_and_config()
     if config.device.type == "cpu":  # toy-sized matrices: one thread, freed memory kept (several times faster)
         tune_cpu_allocator()
         torch.set_num_threads(1)
@@ -77,7 +85,8 @@ def main():
                                        max_new_tokens=teacher_args.rationale_max_new_tokens)
     scorer = make_scorer(teacher_args, teacher, teacher_tokenizer, config)
     accuracy(student, tokenizer, script_args, "student before")
-    student = run_rounds(student, tokenizer, pool, scorer, config, rounds, rationales=rationales)
+    student = run_rounds(student, tokenizer, pool, scorer, config, rounds, rationales=rationales,
+                         overwrite=output.overwrite)
     if config.process_index == 0:
         student.save_pretrained(config.output_dir)
         tokenizer.save_pretrained(config.output_dir)

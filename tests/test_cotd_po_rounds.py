@@ -206,7 +206,7 @@ def test_bad_pools_raise_before_any_work(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="rationale"):
         run_rounds(model, tokenizer, prompts, RecordingScorer(), args, rounds)
     duplicated = Dataset.from_list([{"id": "x", "prompt": "1+2=?", "rationale": ""}] * 2)
-    with pytest.raises(ValueError, match="duplicates"):
+    with pytest.raises(ValueError, match="repeats id"):
         run_rounds(model, tokenizer, duplicated, RecordingScorer(), args, rounds)
     with pytest.raises(ValueError, match="'prompt' column"):
         run_rounds(model, tokenizer, Dataset.from_list([{"question": "1+2=?"}]), RecordingScorer(), args, rounds)

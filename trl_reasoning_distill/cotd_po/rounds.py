@@ -11,7 +11,8 @@ Everything is resumable. Under `output_dir/round_{r:02d}/`: `samples.jsonl` gets
 `round.json`, written last, marks the round finished. A restart skips finished rounds (loading the last checkpoint),
 samples only the prompts a crashed round has no record of, and resumes a round's training from its last Trainer
 checkpoint. Each chunk's sampling is seeded from (seed, round, chunk), so a resumed round writes the same records as
-an uninterrupted one.
+an uninterrupted one. `output_dir/fingerprint.json` holds what made the rounds ([`rounds_fingerprint`]); a run under
+other prompts, scorer or settings refuses to resume them (`overwrite=True` starts afresh).
 """
 
 import dataclasses
@@ -32,6 +33,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..checkpointing import last_complete_checkpoint
+from ..fingerprint import check_unique_ids, claim_output, model_identity, rows_identity, tokenizer_identity
 from ..generation import Generator, HFGenerator, Sample
 from ..jsonl import append_records, read_records
 from .config import CoTDPOConfig
@@ -41,6 +43,16 @@ from .trainer import CoTDPOTrainer, encode_context
 logger = logging.getLogger(__name__)
 
 Prompt = str | list[dict[str, str]]
+ROUNDS_FORMAT = "cotd_po_rounds/1"
+# Training arguments that do not change what a round learns: where and how often it logs and saves, evaluation, hub.
+_NOT_TRAINING = {"output_dir", "report_to", "run_name", "project", "disable_tqdm", "resume_from_checkpoint",
+                 "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+                 "dataloader_prefetch_factor", "do_eval", "do_predict", "do_train", "per_device_eval_batch_size",
+                 "prediction_loss_only", "include_for_metrics", "include_num_input_tokens_seen",
+                 "metric_for_best_model", "greater_is_better", "load_best_model_at_end", "batch_eval_metrics",
+                 "local_rank", "ddp_timeout", "skip_memory_metrics", "restore_callback_states_from_checkpoint",
+                 "torch_empty_cache_steps", "debug", "push_to_hub"}
+_NOT_TRAINING_PREFIXES = ("logging_", "log_", "save_", "hub_", "eval_", "trackio_")
 
 
 @dataclass
@@ -137,6 +149,12 @@ class TeacherRationales:
         self.generator = generator or HFGenerator(model, tokenizer)
         self.tokenizer, self.args = tokenizer, args
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+
+    def identity(self) -> dict:
+        """The teacher (its generator's identity), the prompt format and the decoding of the rationales."""
+        return {"generator": model_identity(self.generator), "tokenizer": tokenizer_identity(self.tokenizer),
+                "format": [self.args.instruction_template, self.args.thought_prefix, self.args.answer_prefix],
+                "temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
 
     def rationales(self, prompts: Sequence[Prompt]) -> list[str | None]:
         thought_ids = self.tokenizer(self.args.thought_prefix, add_special_tokens=False)["input_ids"]
@@ -251,6 +269,25 @@ def collect_round(pool: list[dict], round_index: int, tokenizer, scorer: Teacher
     return [done[str(row["id"])] for row in rows]
 
 
+def rounds_fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pool: list[dict],
+                       scorer: TeacherScorer, args: CoTDPOConfig, rounds: CoTDPORoundsConfig,
+                       rationales: RationaleSource | None, make_generator: Callable | None) -> dict:
+    """What decides the rounds, stored in `output_dir/fingerprint.json`: the initial student, its tokenizer, the
+    prompt pool (every row), the scorer, the rationale source, the sampling backend, every rounds setting but
+    `num_rounds` (round r does not depend on how many follow it: more rounds extend the folder) and every training
+    setting but those of logging, saving, evaluation and the hub (`training.<name>`)."""
+    training = {name: value for name, value in args.to_dict().items() if name not in _NOT_TRAINING
+                and not name.startswith(_NOT_TRAINING_PREFIXES) and not name.endswith("_token")}
+    return {"record_format": ROUNDS_FORMAT, "student": model_identity(model),
+            "tokenizer": tokenizer_identity(tokenizer), "prompts": rows_identity(pool),
+            "scorer": model_identity(scorer),
+            "rationales": None if rationales is None else model_identity(rationales),
+            "generator": "HFGenerator" if make_generator is None else getattr(make_generator, "__qualname__",
+                                                                              type(make_generator).__name__),
+            **{name: value for name, value in dataclasses.asdict(rounds).items() if name != "num_rounds"},
+            **{f"training.{name}": value for name, value in training.items()}}
+
+
 def records_to_dataset(records: list[dict]) -> Dataset:
     """The trainer's groups (spec §9.2) from a round's records; skipped prompts are left out."""
     kept = [r for r in records if "skipped" not in r]
@@ -285,6 +322,7 @@ def run_rounds(
     rounds: CoTDPORoundsConfig,
     rationales: RationaleSource | None = None,
     make_generator: Callable[[PreTrainedModel], Generator] | None = None,
+    overwrite: bool = False,
 ) -> PreTrainedModel:
     """
     Run (or resume) the rounds under `args.output_dir` and return the student after the last one.
@@ -300,10 +338,18 @@ def run_rounds(
         rationales (`RationaleSource`, *optional*): the teacher's rationales when `prompts` has no `rationale` column.
         make_generator (`Callable`, *optional*): the sampling backend for the current student (default:
             [`HFGenerator`]); called at the start of each round with the current model.
+        overwrite (`bool`, *optional*, defaults to `False`): delete the rounds under `args.output_dir` and start
+            afresh. Without it, rounds made under another fingerprint ([`rounds_fingerprint`]: other prompts, scorer,
+            K, training settings, ...) raise `StaleOutputError` naming the differing fields.
     """
     pool = _check_pool(prompts, args, rationales)
     state = PartialState()
-    start = finished_rounds(args.output_dir)
+    if state.is_main_process:  # before any sampling: resume only rounds made exactly so
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)  # a folder, whatever its name (fingerprint inside)
+        claim_output(args.output_dir, rounds_fingerprint(model, tokenizer, pool, scorer, args, rounds, rationales,
+                                                         make_generator), overwrite=overwrite)
+    state.wait_for_everyone()
+    start = min(finished_rounds(args.output_dir), rounds.num_rounds)  # fewer rounds than there are: the last asked
     if start:
         logger.info("rounds 1-%d are finished; resuming from %s", start, round_dir(args.output_dir, start) / "model")
         model = _load_round_model(model, round_dir(args.output_dir, start) / "model")
@@ -353,9 +399,7 @@ def _check_pool(prompts: Dataset, args: CoTDPOConfig, rationales: RationaleSourc
                          "prompts, or `rationales=` (e.g. TeacherRationales).")
     columns = [c for c in ("id", "prompt", "rationale") if c in prompts.column_names]
     pool = [{**row, "id": str(row.get("id", i))} for i, row in enumerate(prompts.select_columns(columns))]
-    if len({row["id"] for row in pool}) != len(pool):
-        raise ValueError("the prompt pool's 'id' column has duplicates; records are keyed by id.")
-    return pool
+    return check_unique_ids(pool, "the prompt pool")
 
 
 def _write_json(path: Path, data: dict) -> None:
