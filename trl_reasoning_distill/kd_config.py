@@ -7,6 +7,7 @@ import torch
 
 from ._trl import GKDConfig
 from .divergence import DIVERGENCES
+from .validation import check_finite_fields
 
 
 def default_attn_implementation() -> str:
@@ -55,6 +56,7 @@ class KDConfig(GKDConfig):
     )
 
     def __post_init__(self):
+        check_finite_fields(self)  # every float field, those of subclasses and of GKD/TrainingArguments included
         if self.bf16 is None and not self.fp16:  # ours: TRL turns bf16 on by default, which is slow and lossy on CPU
             self.bf16 = torch.cuda.is_available()
         super().__post_init__()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._trl import DPOConfig
+from ..validation import check_finite_fields
 from .loss import LOGP_AGGREGATIONS, LOSS_MODES, RATIONALE_REDUCTIONS, REWARD_NORMALIZATIONS
 
 # The released code's user message (spec §4 "Prompt format"); `{prompt}` is replaced by the instruction.
@@ -195,6 +196,7 @@ class CoTDPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
+        check_finite_fields(self)  # every float field, DPOConfig's and TrainingArguments' included
         if self.bf16 is None and not self.fp16:  # ours: TRL turns bf16 on by default, which is slow and lossy on CPU
             self.bf16 = torch.cuda.is_available()
         super().__post_init__()
