@@ -22,18 +22,28 @@ from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ._trl import GKDTrainer, SFTTrainer, unwrap_model_for_generation
 from .checkpointing import ResumableTrainerMixin
 from .chunked import chunked_distill_loss
 from .divergence import per_token_divergence
 from .kd_config import KDConfig
+from .validation import (
+    check_chat_lengths,
+    check_dataset_rows,
+    check_not_meta,
+    check_output_dir,
+    check_vocab_size,
+    has_tokenizer_files,
+)
 
 
-def to_messages_dataset(dataset: Dataset | None, prompt_only_ok: bool) -> Dataset | None:
+def to_messages_dataset(dataset: Dataset | None, prompt_only_ok: bool, what: str = "the dataset") -> Dataset | None:
     """GKD's `messages` format from `messages`, `prompt`+`completion` or (when sampling supplies the target)
-    `prompt`-only rows; prompts and completions may be strings or chat messages."""
+    `prompt`-only rows; prompts and completions may be strings or chat messages. An empty dataset, and a `None` or
+    empty prompt, messages or completion, is a `ValueError` naming `what` and the row."""
+    check_dataset_rows(dataset, what)
     if dataset is None or "messages" in dataset.column_names:
         return dataset
     if "prompt" not in dataset.column_names:
@@ -119,15 +129,27 @@ class KDTrainer(ResumableTrainerMixin, GKDTrainer):
             teacher_model = args.teacher_model_name_or_path
         if teacher_model is None:
             raise ValueError("KDTrainer needs a teacher: pass `teacher_model` or set `teacher_model_name_or_path`.")
+        check_vocab_size(args.vocab_size, len(processing_class))
         self.vocab_size = args.vocab_size or len(processing_class)
+        check_output_dir(args.output_dir)
+        prompt_only_ok = args.lmbda == 1.0 or args.seq_kd
+        train_dataset = to_messages_dataset(train_dataset, prompt_only_ok, "the training dataset")
+        eval_dataset = to_messages_dataset(eval_dataset, prompt_only_ok=True, what="the evaluation dataset")
+        # GKD's collator keeps a row's last `max_length` tokens, cutting its prompt: such rows are refused instead.
+        # A trainer with its own collator and a `max_prompt_length` (VCRD) has its prompts checked against that.
+        gkd_collator = kwargs.get("data_collator") is None
+        row_limit = (args.max_length or min(processing_class.model_max_length, 1024)) if gkd_collator else None
+        for what, dataset in (("the training dataset", train_dataset), ("the evaluation dataset", eval_dataset)):
+            check_chat_lengths(dataset, processing_class, what, max_length=row_limit,
+                               max_prompt_length=getattr(args, "max_prompt_length", None))
+        if not isinstance(model, str):
+            check_not_meta(model, "student")
         if isinstance(model, str):  # SFTTrainer loads it with these kwargs
             args.model_init_kwargs = {"attn_implementation": args.attn_implementation,
                                       **(args.model_init_kwargs or {})}
         if isinstance(teacher_model, str):
             teacher_model = self._load_teacher(teacher_model, args, processing_class)
-        prompt_only_ok = args.lmbda == 1.0 or args.seq_kd
-        train_dataset = to_messages_dataset(train_dataset, prompt_only_ok)
-        eval_dataset = to_messages_dataset(eval_dataset, prompt_only_ok=True)
+        check_not_meta(teacher_model, "teacher")
         self._check_rows("teacher", text_vocab_size(teacher_model))
         student_rows = None if isinstance(model, str) else text_vocab_size(model)
         with reported_vocab_size(teacher_model, student_rows or text_vocab_size(teacher_model)):
@@ -144,18 +166,29 @@ class KDTrainer(ResumableTrainerMixin, GKDTrainer):
 
     def _check_rows(self, who: str, rows: int) -> None:
         if rows < self.vocab_size:
-            raise ValueError(f"the {who} has {rows} vocabulary rows but the tokenizer has {self.vocab_size} tokens: "
-                             "the models and the tokenizer do not match.")
+            raise ValueError(f"the {who} has {rows} vocabulary rows but {self.vocab_size} are compared (the "
+                             "tokenizer's length, or `vocab_size`): the models and the tokenizer do not match.")
 
     @staticmethod
     def _load_teacher(path: str, args: KDConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-        """Load the teacher with `dtype="auto"` unless told otherwise; refuse a teacher with another tokenizer."""
-        teacher_vocab = None
-        with contextlib.suppress(OSError, ValueError):  # a checkpoint without tokenizer files cannot be compared
-            teacher_vocab = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code).get_vocab()
-        if teacher_vocab is not None and teacher_vocab != tokenizer.get_vocab():
-            raise ValueError(f"the teacher's tokenizer ({path}, {len(teacher_vocab)} tokens) differs from the "
-                             f"student's ({len(tokenizer)} tokens); KDTrainer needs a shared tokenizer.")
+        """Load the teacher with `dtype="auto"` unless told otherwise; refuse a teacher with another tokenizer. A
+        folder saved without tokenizer files is compared by what it has: its config's vocabulary rows must cover the
+        compared vocabulary (checked before the weights are loaded)."""
+        if has_tokenizer_files(path) is False:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=args.trust_remote_code)
+            rows, needed = config.get_text_config().vocab_size, args.vocab_size or len(tokenizer)
+            if rows < needed:
+                raise ValueError(f"the teacher at {path} has no tokenizer files and its config has {rows} vocabulary "
+                                 f"rows, fewer than the {needed} compared (the student's tokenizer, or "
+                                 "`vocab_size`): it cannot share the student's tokenizer.")
+        else:
+            teacher_vocab = None
+            with contextlib.suppress(OSError, ValueError):  # no tokenizer to load: nothing to compare
+                teacher_vocab = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code)
+                teacher_vocab = teacher_vocab.get_vocab()
+            if teacher_vocab is not None and teacher_vocab != tokenizer.get_vocab():
+                raise ValueError(f"the teacher's tokenizer ({path}, {len(teacher_vocab)} tokens) differs from the "
+                                 f"student's ({len(tokenizer)} tokens); KDTrainer needs a shared tokenizer.")
         kwargs = {"dtype": "auto", "attn_implementation": args.attn_implementation,
                   "trust_remote_code": args.trust_remote_code, **(args.teacher_model_init_kwargs or {})}
         args.teacher_model_init_kwargs = None  # loaded here; GKD refuses init kwargs for a loaded teacher

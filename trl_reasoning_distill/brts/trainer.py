@@ -25,6 +25,7 @@ from ..chunked import chunked_distill_loss, chunked_topk, default_chunk_size
 from ..divergence import global_token_mean
 from ..generation import Generator, HFGenerator, Sample
 from ..kd_trainer import AnswerCollator, KDTrainer, last_hidden_state
+from ..validation import check_dataset_rows
 from ..verify import extract_answer, grade
 from .config import BRTSConfig
 from .loss import BRTSLossOutput, brts_loss, student_topk_rkl, teacher_topk, teacher_topk_fkl_chunked
@@ -77,6 +78,8 @@ class BRTSTrainer(KDTrainer):
         if args.teacher_context_coef > 0 and columns is not None and args.answer_column not in columns:
             raise ValueError(f"BRTS grades the teacher's rollouts against the ground truth: the training dataset "
                              f"needs an {args.answer_column!r} column (see `answer_column`); it has {columns}.")
+        if args.teacher_context_coef > 0:  # a None or blank answer would be graded as "None" or ""
+            check_dataset_rows(train_dataset, "the training dataset", answer_column=args.answer_column)
         super().__init__(model, teacher_model, args, train_dataset=train_dataset, **kwargs)
         self.teacher_generator = teacher_generator
         self.data_collator = AnswerCollator(self.data_collator, args.answer_column)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .._trl import unwrap_model_for_generation
 from ..generation import Generator
 from ..kd_trainer import AnswerCollator, KDTrainer
+from ..validation import check_dataset_rows
 from ..verify import extract_answer, grade
 from .config import GenSSDConfig
 from .sampler import (
@@ -73,6 +74,8 @@ class GenSSDTrainer(KDTrainer):
         if args.keep_only_correct and columns is not None and args.answer_column not in columns:
             raise ValueError(f"keep_only_correct=True grades the selected trajectories: the training dataset needs an "
                              f"{args.answer_column!r} column (see `answer_column`); it has {columns}.")
+        if args.keep_only_correct:  # a None or blank answer would be graded as "None" or "": nothing would be kept
+            check_dataset_rows(train_dataset, "the training dataset", answer_column=args.answer_column)
         super().__init__(model, teacher_model, args, train_dataset=train_dataset, **kwargs)
         self.teacher_generator = teacher_generator
         self.selection = selection or args.selection_callback()
