@@ -241,7 +241,7 @@ def test_without_teacher_rationale_the_whole_continuation_is_the_answer(tmp_path
     (lambda r: r.update(rewards=[1.0]), "row 0: 3 completions but 1 rewards"),
     (lambda r: r.update(completions=[], rewards=[]), "row 0: `completions` must be a non-empty list"),
     (lambda r: r.update(rationale=None), "row 0: `rationale` must be a string"),
-    (lambda r: r.update(prompt=[{"role": "user", "content": " "}]), "non-empty user turn"),
+    (lambda r: r.update(prompt=[{"role": "user", "content": " "}]), "row 0 has an empty prompt"),
 ])
 def test_bad_datasets_raise_before_training(tmp_path, tiny_student, tokenizer, change, message):
     rows = group_rows(n=2)

@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .._trl import DPOTrainer
 from ..checkpointing import ResumableTrainerMixin
+from ..validation import check_dataset_rows, check_not_meta, check_output_dir, check_prompt_lengths
 from .config import CoTDPOConfig
 from .loss import cotd_po_loss
 
@@ -142,6 +143,11 @@ class CoTDPOTrainer(ResumableTrainerMixin, DPOTrainer):
             raise ValueError("CoTD-PO is reference-free: do not pass `ref_model`.")
         if kwargs.get("compute_metrics") is not None:
             raise ValueError("CoTDPOTrainer evaluates its loss and `cotd_po/*` terms only; drop `compute_metrics`.")
+        check_output_dir(args.output_dir)
+        check_dataset_rows(train_dataset, "the training dataset")  # before DPOTrainer reads its first row
+        check_dataset_rows(kwargs.get("eval_dataset"), "the evaluation dataset")
+        if not isinstance(model, str):
+            check_not_meta(model, "student")
         if data_collator is None:
             pad = processing_class.pad_token_id
             data_collator = DataCollatorForCoTDPO(processing_class.eos_token_id if pad is None else pad,
@@ -153,12 +159,14 @@ class CoTDPOTrainer(ResumableTrainerMixin, DPOTrainer):
         self.precompute_ref_logps = False
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        """Tokenize each group once (idempotent: a tokenized dataset is returned as is). Answers longer than
-        `max_length` allows lose their tail; groups whose context alone reaches `max_length` are dropped."""
+        """Tokenize each group once (idempotent: a tokenized dataset is returned as is). A prompt longer than
+        `max_length` is refused, as in every trainer; answers longer than `max_length` allows lose their tail; groups
+        whose prompt + rationale reaches `max_length` are dropped."""
         if not isinstance(dataset, Dataset):
             raise ValueError(f"CoTDPOTrainer needs a map-style `datasets.Dataset`, got {type(dataset).__name__}.")
         if set(COLUMNS) <= set(dataset.column_names):
             return dataset
+        check_dataset_rows(dataset, f"the {dataset_name} dataset")
         check_groups(dataset, args)
         tokenizer = processing_class
         has_ids = "completion_token_ids" in dataset.column_names
@@ -177,6 +185,8 @@ class CoTDPOTrainer(ResumableTrainerMixin, DPOTrainer):
                     "rewards": [float("nan") if r is None else float(r) for r in row["rewards"]]}
 
         dataset = dataset.map(tokenize, num_proc=args.dataset_num_proc, desc=f"Tokenizing {dataset_name} groups")
+        check_prompt_lengths((len(ids) for ids in dataset["prefix_ids"]), args.max_length,
+                             f"the {dataset_name} dataset")
         if args.max_length is not None:
             total = len(dataset)
             dataset = dataset.filter(lambda row: len(row["prefix_ids"]) + len(row["rationale_ids"]) < args.max_length,
