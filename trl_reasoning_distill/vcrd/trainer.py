@@ -37,6 +37,7 @@ from .validity import (
     ValidityScorer,
     build_proposal_pairs,
     propose_tokens,
+    score_proposals,
     toy_steps,
 )
 
@@ -281,7 +282,7 @@ class VCRDTrainer(KDTrainer):
                 "student_on_teacher_prefix": drawn[0][b], "teacher_on_student_prefix": drawn[1][b]}
             pairs.append(build_proposal_pairs(steps[b], steps[B + b], source=args.proposal_source, **kwargs))
         pairs = [p[0] for p in pairs] + [p[1] for p in pairs]
-        scores = self.validity_scorer(list(inputs["prompt_text"]) * 2, pairs)
+        scores = score_proposals(self.validity_scorer, list(inputs["prompt_text"]) * 2, pairs)
         r_student, r_teacher = torch.ones(mask_2BT.shape), torch.ones(mask_2BT.shape)
         mask_cpu = mask_2BT.cpu()
         for row, (score, index) in enumerate(zip(scores, token_step)):

@@ -74,6 +74,30 @@ class ValidityScorer(Protocol):
         ...
 
 
+def score_proposals(
+    scorer: ValidityScorer, prompts: Sequence[str], pairs: Sequence[ProposalPairs]
+) -> list[ProposalScores]:
+    """
+    `scorer(prompts, pairs)`, checked: one [`ProposalScores`] per rollout, in order, each with one teacher and one
+    student score per step. A judge that returns another count is a `ValueError` naming the judge, the rollout and
+    both counts, instead of an `IndexError` (or a silently unweighted row) where the scores are laid on the tokens.
+    """
+    scores = list(scorer(prompts, pairs))
+    judge = type(scorer).__name__
+    if len(scores) != len(pairs):
+        raise ValueError(f"the validity judge {judge} returned scores for {len(scores)} rollouts, expected "
+                         f"{len(pairs)} (one ProposalScores per rollout, in order).")
+    for i, (score, pair) in enumerate(zip(scores, pairs)):
+        if not isinstance(score, tuple) or len(score) != 2:
+            raise ValueError(f"the validity judge {judge} returned {score!r:.80} for rollout {i}, expected "
+                             "ProposalScores(teacher, student).")
+        for side, values in zip(("teacher", "student"), score):
+            if len(values) != len(pair):
+                raise ValueError(f"the validity judge {judge} returned {len(values)} {side} scores for rollout {i}, "
+                                 f"expected {len(pair)} (one per step).")
+    return scores
+
+
 def _aligned(own: Sequence, other: Sequence) -> tuple:
     """`other[t]` at each position of `own`; past the end of `other`, `own[t]` (identical proposals: parity)."""
     return tuple(other[t] if t < len(other) else own[t] for t in range(len(own)))
