@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .fingerprint import check_unique_ids, claim_output, model_identity, rows_identity, tokenizer_identity
 from .generation.hf import HFGenerator
 from .jsonl import append_records, read_records
+from .validation import check_prompt_answer_rows  # re-exported: samplers and baselines import it from here
 from .verify import EXTRACTION_MODES, extract_answer, grade
 
 RECORD_FORMAT = 1  # of the evaluation records: a change of fields bumps it, so old files are not resumed
@@ -65,20 +66,6 @@ def sample_completions(
         encode_prompts(tokenizer, prompts), n=1, max_new_tokens=max_new_tokens, temperature=temperature
     )
     return [s[0].text for s in samples]
-
-
-def check_prompt_answer_rows(rows: list[dict], what: str = "the dataset") -> None:
-    """Raise `ValueError` naming the problem unless every row has a non-empty `prompt` and an `answer`."""
-    if not rows:
-        raise ValueError(f"{what} is empty.")
-    for i, row in enumerate(rows):
-        missing = {"prompt", "answer"} - set(row)
-        if missing:
-            raise ValueError(f"{what} needs columns 'prompt' and 'answer'; row {i} lacks {sorted(missing)}.")
-        prompt = row["prompt"]
-        text = prompt if isinstance(prompt, str) else "".join(str(m.get("content", "")) for m in prompt)
-        if not text.strip():
-            raise ValueError(f"{what} has an empty prompt (row {i}).")
 
 
 def check_eval_settings(
