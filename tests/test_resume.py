@@ -5,6 +5,11 @@ Each run has 3 optimizer steps per epoch (12 rows, 2 per micro-batch, 2 micro-ba
 step 2 is mid-epoch (where transformers restores the RNG only after the first resumed `get_batch_samples`) and the
 resumed steps cross into the next epoch."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import CPU_TRAINING
@@ -163,3 +168,37 @@ def test_cotd_po_resumes_exactly(tmp_path):
                              train_dataset=Dataset.from_list(group_rows(n=12)), processing_class=tokenizer)
 
     assert_exact_resume(tmp_path, make)
+
+
+def tsd_kd_ddp_run(output_dir: str, mode: str) -> None:
+    """One run of `test_resume_is_exact_under_ddp` in each of 2 processes: `straight` (4 steps), `first` (2 steps and
+    a checkpoint) or `resume` (2 more); each process writes its weights and entropy-gap history."""
+    make = kd_trainer(TSDKDConfig, TSDKDTrainer, dataset=toy_rows(24), adaptive_opener=True, top_k=4)
+    trainer = make(output_dir)
+    if mode == "first":
+        trainer.add_callback(StopAt(K))
+    trainer.train(resume_from_checkpoint=True if mode == "resume" else None)
+    weights = {name: param.detach().clone() for name, param in trainer.model.named_parameters()}
+    torch.save({"weights": weights, "gap_history": list(trainer.gap_history)},
+               os.path.join(output_dir, f"{mode}_{trainer.accelerator.process_index}.pt"))
+
+
+@pytest.mark.slow
+def test_resume_is_exact_under_ddp(tmp_path):
+    """2 processes (gloo, CPU): per-process samples and state files, the shared lmbda coin, and a checkpoint published
+    once every process has written its part."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    for mode, folder in (("straight", "a"), ("first", "b"), ("resume", "b")):
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        "29523", __file__, str(tmp_path / folder), mode], check=True, timeout=300, env=env)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir() if "checkpoint" in p.name) == [f"checkpoint-{K}"]
+    for rank in (0, 1):
+        straight = torch.load(tmp_path / "a" / f"straight_{rank}.pt")
+        resumed = torch.load(tmp_path / "b" / f"resume_{rank}.pt")
+        assert resumed["gap_history"] == straight["gap_history"] and straight["gap_history"]
+        for name, weight in straight["weights"].items():
+            torch.testing.assert_close(resumed["weights"][name], weight, atol=1e-6, rtol=0, msg=name)
+
+
+if __name__ == "__main__":
+    tsd_kd_ddp_run(sys.argv[1], sys.argv[2])
