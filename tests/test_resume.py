@@ -122,14 +122,18 @@ def test_brts_resumes_exactly(tmp_path):
 
 
 def vcrd_trainer(**overrides):
-    from test_vcrd_trainer import vcrd_rows
+    from test_vcrd_trainer import tiny_prm, vcrd_rows
 
     def make(output_dir):
         tokenizer = load_toy_tokenizer()
+        kwargs = {}
+        if overrides.get("validity_judge") == "prm":
+            torch.manual_seed(7)
+            kwargs["prm_model"] = tiny_prm(tokenizer)
         args = VCRDConfig(output_dir=str(output_dir), max_new_tokens=12, max_length=160, max_prompt_length=32,
                           line_proposal_max_new_tokens=8, **{**CPU_TRAINING, **STEPS, **overrides})
         return VCRDTrainer(model=load_toy_student(), teacher_model=load_toy_teacher(), args=args,
-                           train_dataset=vcrd_rows(12), processing_class=tokenizer)
+                           train_dataset=vcrd_rows(12), processing_class=tokenizer, **kwargs)
 
     return make
 
@@ -139,10 +143,11 @@ def test_vcrd_offline_resumes_exactly(tmp_path):
     assert_exact_resume(tmp_path, vcrd_trainer(validity_judge="teacher_prob"))
 
 
-def test_vcrd_online_resumes_exactly(tmp_path):
-    """Online student rollouts and the line judge's same-prefix proposals, both sampled per micro-batch."""
-    make = vcrd_trainer(validity_judge="step_checker", student_rollout="online")
-    assert_exact_resume(tmp_path, make)
+@pytest.mark.parametrize("judge", ["step_checker", "prm"])
+def test_vcrd_online_resumes_exactly(tmp_path, judge):
+    """Online student rollouts, sampled per micro-batch, with the line judge's same-prefix proposals (sampled with
+    them) or the PRM judge's token proposals (sampled in the loss, under the RNG transformers restores)."""
+    assert_exact_resume(tmp_path, vcrd_trainer(validity_judge=judge, student_rollout="online"))
 
 
 def test_gen_ssd_resumes_exactly(tmp_path):

@@ -212,7 +212,8 @@ class ResumableTrainerMixin:
         self._staging_dir = staging
         try:
             super()._save_checkpoint(model, trial)
-            self._save_resume_state(os.path.join(staging, name), run_dir)
+            self._save_resume_state(os.path.join(staging, name))
+            self._name_published_best(os.path.join(staging, name), run_dir)
         except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
             if isinstance(error, OSError) and error.errno == errno.ENOSPC:
@@ -229,13 +230,15 @@ class ResumableTrainerMixin:
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
 
-    def _save_resume_state(self, checkpoint: str, run_dir: str) -> None:
-        """This process's `resume_state`; and `best_model_checkpoint` pointed at the published folder, not the
-        staging one `Trainer._save_checkpoint` saw."""
+    def _save_resume_state(self, checkpoint: str) -> None:
         state = self.resume_state()
         if state:
             with open(_resume_state_path(checkpoint, self.accelerator.process_index), "w") as f:
                 json.dump(state, f)
+
+    def _name_published_best(self, checkpoint: str, run_dir: str) -> None:
+        """Point `best_model_checkpoint` at the published folder, not the staging one `Trainer._save_checkpoint`
+        found it in, and save the corrected trainer state with the checkpoint."""
         best = self.state.best_model_checkpoint
         if best and os.path.dirname(best) == os.path.dirname(checkpoint):
             self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
