@@ -113,6 +113,15 @@ def test_kd_refuses_a_completion_that_would_push_the_prompt_out(tmp_path, tiny_s
         kd_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, data=Dataset.from_list(data))
 
 
+def test_a_dataset_given_to_evaluate_later_is_checked_like_the_training_one(tmp_path, tiny_student, tiny_teacher,
+                                                                            tokenizer):
+    trainer = kd_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer)
+    data = rows(completions=True)
+    data[3]["prompt"] = LONG_PROMPT
+    with pytest.raises(ValueError, match=r"the evaluation dataset: row 3's prompt( \+ completion)? has \d+ tokens"):
+        trainer.evaluate(Dataset.from_list(data))
+
+
 def test_cotd_po_refuses_a_prompt_over_max_length(tmp_path, tiny_student, tokenizer):
     groups = []
     for p in sample_problems("train", 3, seed=1):
@@ -244,3 +253,25 @@ def test_an_unwritable_output_dir_is_refused_at_construction(tmp_path, tiny_stud
 def test_a_missing_output_dir_is_created(tmp_path):
     check_output_dir(tmp_path / "new" / "run")
     assert (tmp_path / "new" / "run").is_dir() and not any((tmp_path / "new" / "run").iterdir())
+
+
+def _generation_entry_points(student, teacher, tokenizer, tmp_path):
+    from trl_reasoning_distill.baselines import rejection_sample
+    from trl_reasoning_distill.evaluation import evaluate
+    from trl_reasoning_distill.gen_ssd.sampler import GenSSDSampler
+    from trl_reasoning_distill.vcrd.data import sample_vcrd_rollouts
+
+    return {
+        "evaluation": lambda data: evaluate(student, tokenizer, data, progress=False),
+        "rejection-sampling": lambda data: rejection_sample(teacher, tokenizer, data),
+        "Gen-SSD": lambda data: GenSSDSampler(teacher, student, tokenizer, progress=False).sample(
+            data, tmp_path / "gen_ssd.jsonl"),
+        "VCRD rollout": lambda data: sample_vcrd_rollouts(teacher, None, tokenizer, data),
+    }
+
+
+@pytest.mark.parametrize("entry", ["evaluation", "rejection-sampling", "Gen-SSD", "VCRD rollout"])
+def test_a_none_row_in_a_list_is_named_before_generation(tmp_path, tiny_student, tiny_teacher, tokenizer, entry):
+    run = _generation_entry_points(tiny_student, tiny_teacher, tokenizer, tmp_path)[entry]
+    with pytest.raises(ValueError, match=rf"{entry} dataset: row 2 is None"):
+        run([*rows(2), None, *rows(1)])

@@ -13,7 +13,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .evaluation import check_prompt_answer_rows, encode_prompts
+from .evaluation import encode_prompts
 from .fingerprint import (
     check_records_rows,
     check_unique_ids,
@@ -25,6 +25,7 @@ from .fingerprint import (
 from .gen_ssd.sampler import batch_seed
 from .generation import Generator, HFGenerator
 from .jsonl import append_records, read_records
+from .validation import check_prompt_answer_rows, dataset_rows
 from .verify import EXTRACTION_MODES, extract_answer, grade
 
 RECORD_FORMAT = "rejection_sample/1"
@@ -76,7 +77,7 @@ def rejection_sample(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if output_jsonl is not None and seed is None:
         raise ValueError("output_jsonl needs a `seed`: a resumed run must redraw the batches it redoes exactly.")
-    rows = [dict(r) for r in dataset]
+    rows = dataset_rows(dataset, "the rejection-sampling dataset")
     check_prompt_answer_rows(rows, "the rejection-sampling dataset")
     keyed = [dict(r) for r in rows]  # ids filled in (row index) without adding an `id` column to the result
     if output_jsonl is not None:

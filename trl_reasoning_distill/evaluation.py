@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .fingerprint import check_unique_ids, claim_output, model_identity, rows_identity, tokenizer_identity
 from .generation.hf import HFGenerator
 from .jsonl import append_records, read_records
-from .validation import check_prompt_answer_rows  # re-exported: samplers and baselines import it from here
+from .validation import check_prompt_answer_rows, dataset_rows  # check_prompt_answer_rows: re-exported
 from .verify import EXTRACTION_MODES, extract_answer, grade
 
 RECORD_FORMAT = 1  # of the evaluation records: a change of fields bumps it, so old files are not resumed
@@ -88,7 +88,7 @@ def check_eval_settings(
 
 def evaluation_rows(dataset) -> list[dict]:
     """The rows of `dataset` as dicts, checked (`prompt`, `answer`, unique ids) and with row-index ids filled in."""
-    rows = [dict(r) for r in dataset]
+    rows = dataset_rows(dataset, "the evaluation dataset")
     check_prompt_answer_rows(rows, "the evaluation dataset")
     return check_unique_ids(rows, "the evaluation dataset")
 

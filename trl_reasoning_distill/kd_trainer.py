@@ -132,16 +132,14 @@ class KDTrainer(ResumableTrainerMixin, GKDTrainer):
         check_vocab_size(args.vocab_size, len(processing_class))
         self.vocab_size = args.vocab_size or len(processing_class)
         check_output_dir(args.output_dir)
-        prompt_only_ok = args.lmbda == 1.0 or args.seq_kd
-        train_dataset = to_messages_dataset(train_dataset, prompt_only_ok, "the training dataset")
-        eval_dataset = to_messages_dataset(eval_dataset, prompt_only_ok=True, what="the evaluation dataset")
         # GKD's collator keeps a row's last `max_length` tokens, cutting its prompt: such rows are refused instead.
         # A trainer with its own collator and a `max_prompt_length` (VCRD) has its prompts checked against that.
         gkd_collator = kwargs.get("data_collator") is None
-        row_limit = (args.max_length or min(processing_class.model_max_length, 1024)) if gkd_collator else None
-        for what, dataset in (("the training dataset", train_dataset), ("the evaluation dataset", eval_dataset)):
-            check_chat_lengths(dataset, processing_class, what, max_length=row_limit,
-                               max_prompt_length=getattr(args, "max_prompt_length", None))
+        self._row_limits = {"max_length": (args.max_length or min(processing_class.model_max_length, 1024))
+                            if gkd_collator else None, "max_prompt_length": getattr(args, "max_prompt_length", None)}
+        prompt_only_ok = args.lmbda == 1.0 or args.seq_kd
+        train_dataset = self._checked_dataset(train_dataset, processing_class, prompt_only_ok, "the training dataset")
+        eval_dataset = self._checked_dataset(eval_dataset, processing_class, True, "the evaluation dataset")
         if not isinstance(model, str):
             check_not_meta(model, "student")
         if isinstance(model, str):  # SFTTrainer loads it with these kwargs
@@ -159,9 +157,16 @@ class KDTrainer(ResumableTrainerMixin, GKDTrainer):
         self._student_generation_config = self._generation_config_without_padding(self.model)
         self._teacher_generation_config = self._generation_config_without_padding(self.teacher_model)
 
+    def _checked_dataset(self, dataset, tokenizer, prompt_only_ok: bool, what: str):
+        """`dataset` in GKD's `messages` format, every row checked (`to_messages_dataset`) and none over the limits
+        of `self._row_limits`."""
+        dataset = to_messages_dataset(dataset, prompt_only_ok, what)
+        check_chat_lengths(dataset, tokenizer, what, **self._row_limits)
+        return dataset
+
     def get_eval_dataloader(self, eval_dataset=None):
-        if isinstance(eval_dataset, Dataset):  # `evaluate(dataset)` accepts the same formats as training
-            eval_dataset = to_messages_dataset(eval_dataset, prompt_only_ok=True)
+        if isinstance(eval_dataset, Dataset):  # `evaluate(dataset)` accepts the same formats and checks as training
+            eval_dataset = self._checked_dataset(eval_dataset, self.processing_class, True, "the evaluation dataset")
         return super().get_eval_dataloader(eval_dataset)
 
     def _check_rows(self, who: str, rows: int) -> None:

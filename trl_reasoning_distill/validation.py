@@ -171,6 +171,17 @@ def _check_columns(dataset, names: list[str], what: str, answer_column: str | No
                 raise ValueError(f"{what}: row {i} {problem}. Fix or drop that row.")
 
 
+def dataset_rows(dataset, what: str = "the dataset") -> list[dict]:
+    """The rows of `dataset` (a `Dataset` or any iterable of mappings) as dicts; a row that is not a mapping (a
+    `None` in a list, say) is a `ValueError` naming its index instead of a `TypeError` from `dict()`."""
+    rows = []
+    for i, row in enumerate(dataset):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"{what}: row {i} is {row!r:.60}, not a row of named columns.")
+        rows.append(dict(row))
+    return rows
+
+
 def check_prompt_answer_rows(rows: list[dict], what: str = "the dataset") -> None:
     """Raise `ValueError` naming the problem unless there are rows and each is a dict with a non-empty `prompt` and a
     non-empty gold `answer` (`None`, NaN and blank answers are refused: grading would compare against "None")."""

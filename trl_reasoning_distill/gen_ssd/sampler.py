@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..evaluation import as_messages, check_prompt_answer_rows
+from ..evaluation import as_messages
 from ..fingerprint import (
     check_records_rows,
     check_unique_ids,
@@ -42,6 +42,7 @@ from ..fingerprint import (
 )
 from ..generation.base import Generator, validate_sampling
 from ..jsonl import append_records, read_records
+from ..validation import check_prompt_answer_rows, dataset_rows
 from ..verify import EXTRACTION_MODES, extract_answer, grade
 from .models import ChunkProposer, GeneratorProposer, HFChunkProposer, StudentScorer
 from .selection import (
@@ -466,7 +467,7 @@ class GenSSDSampler:
         return record["is_correct"] or not self.keep_only_correct
 
     def _rows(self, dataset) -> list[dict]:
-        rows = [dict(r) for r in dataset]
+        rows = dataset_rows(dataset, "the Gen-SSD dataset")
         check_prompt_answer_rows(rows, "the Gen-SSD dataset")
         return check_unique_ids(rows, "the Gen-SSD dataset")
 

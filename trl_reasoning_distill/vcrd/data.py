@@ -34,6 +34,7 @@ from ..generation import HFGenerator
 from ..generation.base import validate_sampling
 from ..jsonl import append_records, read_records
 from ..toy.task import parse_problem
+from ..validation import dataset_rows
 
 TEACHER_COLUMNS = ("teacher_completion", "chosen")  # our name, then DistiLLM-2's
 STUDENT_COLUMNS = ("student_completion", "rejected")
@@ -236,7 +237,7 @@ def sample_vcrd_rollouts(
     Returns:
         `Dataset`: The rows with `teacher_completion` and (with `student`) `student_completion` added.
     """
-    rows = [dict(row) for row in dataset]
+    rows = dataset_rows(dataset, "the VCRD rollout dataset")
     if not rows or any("prompt" not in row for row in rows):
         raise ValueError("sample_vcrd_rollouts needs a non-empty dataset with a 'prompt' column.")
     if batch_size < 1:
