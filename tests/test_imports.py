@@ -2,7 +2,8 @@
 
 - Only `_trl.py` imports `trl`.
 - The pure modules (`divergence.py`, `chunked.py` with its `_chunk_math.py`, `_checks.py`, everything in `verify/`,
-  every `loss.py` and `selection.py`) import only torch, the standard library and each other.
+  every `loss.py` and `selection.py` and the parts they are split into, `PURE_PARTS`) import only torch, the standard
+  library and each other.
 - vllm, flash_attn, bitsandbytes and math_verify are imported inside function bodies only, so the package imports
   without them.
 """
@@ -24,6 +25,10 @@ PACKAGE_DIR = ROOT / PACKAGE
 TRL_GATEWAY = PACKAGE_DIR / "_trl.py"
 OPTIONAL = ("vllm", "flash_attn", "bitsandbytes", "math_verify")
 PURE_THIRD_PARTY = ("torch",)
+# the parts that a `loss.py` or `selection.py` is split into (it re-exports their public names)
+PURE_PARTS = (
+    "cotd_po/_loss_common.py", "cotd_po/likelihood.py", "cotd_po/listwise.py", "cotd_po/pairwise.py",
+)
 
 
 # --- a small import scanner ----------------------------------------------------------------------------------------
@@ -53,6 +58,7 @@ def pure_modules() -> dict[str, Path]:
     paths = {PACKAGE_DIR / name for name in ("divergence.py", "chunked.py", "_chunk_math.py", "_checks.py")}
     paths |= set((PACKAGE_DIR / "verify").rglob("*.py"))
     paths |= set(PACKAGE_DIR.rglob("loss.py")) | set(PACKAGE_DIR.rglob("selection.py"))
+    paths |= {PACKAGE_DIR / name for name in PURE_PARTS}
     return {module_name(p): p for p in sorted(paths) if p.exists()}
 
 
@@ -225,6 +231,7 @@ def test_pure_module_set_is_what_the_design_names():
     assert f"{PACKAGE}.divergence" in pure
     assert {f"{PACKAGE}.verify", f"{PACKAGE}.verify.extract", f"{PACKAGE}.verify.grade"} <= set(pure)
     assert all(name in all_modules() for name in pure)
+    assert all((PACKAGE_DIR / name).exists() for name in PURE_PARTS), "a listed part of a pure module is missing"
 
 
 def test_only_the_gateway_imports_trl():
