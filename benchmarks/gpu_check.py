@@ -4,10 +4,12 @@ r"""One GPU check in under 8 minutes on one H100, written to one CSV:
     losses       benchmarks/losses.py in bf16 (ours vs GKD full logits vs TRL's chunked kernel), V = 152,064, N up to
                  32K, one losses.py run per N, so a run cut short by the budget loses one N only
     throughput   training tokens/s of our `KDTrainer` and of TRL's `DistillationTrainer` on a randomly initialised
-                 Qwen2.5-1.5B-shaped student and Qwen2.5-7B-shaped teacher (configs written below, no download),
-                 bf16 autocast, sdpa (flash-attn when installed), the same data and settings for both: off-policy
-                 (KDTrainer `lmbda=0`; DistillationTrainer, which always samples, is given the dataset's
-                 completions in place of samples), then on-policy with short samples (`--max-new-tokens`)
+                 Qwen2.5-1.5B-shaped student (fp32 weights, bf16 autocast) and Qwen2.5-7B-shaped teacher (bf16),
+                 configs written below (no download), both with the student's 151,936 vocabulary rows (TRL refuses
+                 unequal rows) and a word-level tokenizer of that size, sdpa (flash-attn when installed), the same
+                 data, seeds and settings for both: off-policy (KDTrainer `lmbda=0`; DistillationTrainer, which
+                 always samples, is handed each row's completion in place of a sample), then on-policy with short
+                 samples (`--max-new-tokens`)
 
 Each part runs in subprocesses under its own time budget (`--tests-budget`, `--losses-budget`,
 `--throughput-budget`; the throughput cases also under `--case-timeout` each); a part or case that fails or runs out
@@ -16,10 +18,10 @@ keeps what was done. Columns: part, case, setting, metric, value, status, then d
 trl, git_commit, timestamp (the same in every row).
 
 On the GPU machine (CPython 3.12, torch/transformers/accelerate/peft installed, no internet), with the wheels of
-`bash benchmarks/gpu_wheels.sh` in .whl/ carried along:
+`bash benchmarks/gpu_wheels.sh` in .whl/ carried along (add `--git-commit <sha>` where the tree travels without .git):
 
     pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
-        PYTHONPATH=/tmp/site python benchmarks/gpu_check.py --out $OUT/gpu_check.csv
+        PYTHONPATH=/tmp/site python benchmarks/gpu_check.py --out $OUT/gpu_check.csv --logs $OUT/logs
 
 `--dry-run` runs every part at toy size on the CPU (tiny Qwen2 configs, a tiny loss grid): what tests/test_gpu_check.py
 runs. `make gpu-check` runs the full check with the virtualenv's Python.
@@ -139,6 +141,8 @@ def parse_args(argv=None):
     parser.add_argument("--prompt-tokens", type=int, default=None, help="default 256")
     parser.add_argument("--completion-tokens", type=int, default=None, help="default 768")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="on-policy sample length (default 64)")
+    parser.add_argument("--logs", default=None, help="folder for the logs and losses.py's CSVs (default: temporary)")
+    parser.add_argument("--git-commit", default=None, help="commit to record where the tree has no .git")
     parser.add_argument("--throughput-worker", default=None, help=argparse.SUPPRESS)  # worker mode: a JSON spec file
     args = parser.parse_args(argv)
     args.parts = [part for part in args.parts.split(",") if part]
@@ -321,7 +325,9 @@ def part_throughput(args, budget: float, work: Path) -> list[dict]:
         for result in done:
             rows += result["rows"]
         pending = pending[len(done):]
-        if pending and status is not None:  # the case in flight failed or timed out: record it, go on after it
+        if pending and status is None:
+            status = "failed: the worker ended before this case's result"
+        if pending:  # the case in flight failed or timed out: record it, go on after it
             rows.append(throughput_row(*pending[0], settings, "tokens_per_s", "", status))
             pending = pending[1:]
     return rows
@@ -650,8 +656,12 @@ def main(argv=None) -> list[dict]:
         if not torch.cuda.is_available():
             sys.exit("no CUDA device: run with --dry-run for the CPU rehearsal")
     shared, rows, out = environment(), [], Path(args.out)
+    if args.git_commit:
+        shared["git_commit"] = args.git_commit
     deadline = time.monotonic() + args.total_budget
-    with tempfile.TemporaryDirectory(prefix="gpu_check_") as folder:
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as temporary:
+        folder = Path(args.logs or temporary)
+        folder.mkdir(parents=True, exist_ok=True)
         for name in ("tests", "losses", "throughput"):
             function, budget_field = PARTS[name]
             if name not in args.parts:
@@ -660,7 +670,7 @@ def main(argv=None) -> list[dict]:
             budget = max(0.0, min(getattr(args, budget_field), deadline - start))
             print(f"== {name} (budget {budget:.0f} s)", flush=True)
             try:
-                part_rows = function(args, budget, Path(folder))
+                part_rows = function(args, budget, folder)
             except Exception as error:  # a part that breaks is a row, the next part still runs
                 part_rows = [row(name, "all", "", "seconds", "", f"failed: {type(error).__name__}: {error}")]
             rows += part_rows
