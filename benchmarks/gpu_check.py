@@ -320,13 +320,17 @@ def part_throughput(args, budget: float, work: Path) -> list[dict]:
         spec_path.write_text(json.dumps({"settings": asdict(settings), "cases": pending, "results": str(results),
                                          "attn": args.attn}))  # fmt: skip
         log_path = work / f"throughput_{attempt}.log"
-        done, status = watch_worker([sys.executable, __file__, "--throughput-worker", str(spec_path)], results,
-                                    log_path, left, args.case_timeout)  # fmt: skip
+        done, status, ready = watch_worker([sys.executable, __file__, "--throughput-worker", str(spec_path)],
+                                           results, log_path, left, args.case_timeout)  # fmt: skip
         for result in done:
             rows += result["rows"]
         pending = pending[len(done):]
         if pending and status is None:
             status = "failed: the worker ended before this case's result"
+        if pending and not ready:  # the worker never got its models up: no case can run
+            status = status.replace("failed: ", "failed: worker setup: ", 1)
+            rows += [throughput_row(c, s, settings, "tokens_per_s", "", status) for c, s in pending]
+            break
         if pending:  # the case in flight failed or timed out: record it, go on after it
             rows.append(throughput_row(*pending[0], settings, "tokens_per_s", "", status))
             pending = pending[1:]
@@ -336,7 +340,7 @@ def part_throughput(args, budget: float, work: Path) -> list[dict]:
 def watch_worker(command, results: Path, log_path: Path, budget: float, case_timeout: float):
     """Run the worker until it finishes, dies, exceeds `budget`, or spends more than `case_timeout` on one case
     (counted from its `ready` line or its previous result). Returns (finished case results, status of the case in
-    flight or None)."""
+    flight or None, whether the worker got ready)."""
     start = time.monotonic()
     with log_path.open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
@@ -363,7 +367,7 @@ def watch_worker(command, results: Path, log_path: Path, budget: float, case_tim
                 kill_group(process)
                 break
             time.sleep(0.5)
-    return done, status
+    return done, status, case_start is not None
 
 
 def throughput_row(trainer: str, setting: str, settings: ThroughputSettings, metric: str, value, status: str) -> dict:

@@ -3,6 +3,7 @@
 
 import csv
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -124,16 +125,27 @@ def test_a_stuck_throughput_case_times_out(tmp_path):
     results = tmp_path / "results.jsonl"
     worker = f"import json, time; open({str(results)!r}, 'w').write(json.dumps({{'event': 'ready'}}) + '\\n'); " \
              "time.sleep(60)"  # fmt: skip
-    done, status = gpu_check.watch_worker([sys.executable, "-c", worker], results, tmp_path / "log", 30.0, 1.0)
-    assert done == [] and status == "timeout after 1 s"
+    done, status, ready = gpu_check.watch_worker([sys.executable, "-c", worker], results, tmp_path / "log", 30.0, 1.0)
+    assert done == [] and status == "timeout after 1 s" and ready
 
 
 def test_failing_throughput_cases_and_parts_become_rows(tmp_path, monkeypatch):
     args = gpu_check.parse_args(["--dry-run", "--out", str(tmp_path / "out.csv"), "--parts", "throughput,losses"])
-    monkeypatch.setattr(gpu_check, "watch_worker", lambda *a: ([], "failed: worker exit 1: boom"))
+    calls = []
+
+    def crashing_worker(command, *_):  # ready, then dies in each case it is given
+        calls.append(json.loads(Path(command[-1]).read_text())["cases"])
+        return [], "failed: worker exit 1: boom", True
+
+    monkeypatch.setattr(gpu_check, "watch_worker", crashing_worker)
     rows = gpu_check.part_throughput(args, 60.0, tmp_path)
+    cases = [list(case) for case in gpu_check.THROUGHPUT_CASES]
+    assert calls == [cases, cases[1:], cases[2:], cases[3:]]  # restarted on the cases left after each failure
     assert [(r["case"], r["status"]) for r in rows] == [
         (trainer, "failed: worker exit 1: boom") for trainer, _ in gpu_check.THROUGHPUT_CASES]
+    monkeypatch.setattr(gpu_check, "watch_worker", lambda *_: ([], "failed: worker exit 1: no CUDA", False))
+    rows = gpu_check.part_throughput(args, 60.0, tmp_path)  # never ready: every case fails at once, one start
+    assert [r["status"] for r in rows] == ["failed: worker setup: worker exit 1: no CUDA"] * 4
 
     def broken(*_):
         raise RuntimeError("no device")
