@@ -14,6 +14,7 @@ exceeds `--max-gib` is recorded as skipped; where GKD is skipped for some N, the
     python benchmarks/losses.py            # CPU, float32, the issue's grid (about 1 h on 2 cores)
     python benchmarks/losses.py --quick    # a small grid, for a try
     python benchmarks/losses.py --device cuda --dtype bfloat16 --sizes 1024,4096,8192,16384,32768 --max-gib 70
+    python benchmarks/losses.py --sizes 1024,1536 --vocabs 152064 --merge   # re-measure rows, keep the others
 
 Writes `<out-dir>/losses.csv` and `<out-dir>/losses.png`, and prints the markdown table of benchmarks/README.md.
 """
@@ -36,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 IMPLS = ("ours", "gkd", "trl_chunked")
 GKD_LOGIT_COPIES = 16  # [N, V] tensors alive at GKD's peak (measured on CPU, float32: 15.3 to 16.0)
-OURS_BUFFER_BYTES = 4 * 2**26 * 4  # four [chunk, V] float32 buffers of 2**26 elements
+OURS_BUFFER_BYTES = 4 * 2**26 * 4  # at most four [chunk, V] float32 buffers of 2**26 elements (fewer for small N)
 TRL_SCRATCH_BYTES = 2 * 4096 * 32768 * 4  # two [4096, 32768] float32 tiles
 FIELDS = ("impl", "N", "V", "H", "dtype", "device", "peak_mem_mib", "time_ms", "cpu_time_ms", "repeats", "loss",
           "status", "device_name", "threads", "torch", "trl", "git_commit", "timestamp")  # fmt: skip
@@ -57,6 +58,8 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="small grid: N 256,1024 and V 32768")
     parser.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of the existing CSV that this run does not re-measure")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # worker mode: "impl,N,V"
     args = parser.parse_args(argv)
     args.sizes = [int(n) for n in (args.sizes or ("256,1024" if args.quick else "1024,4096,8192")).split(",")]
@@ -208,7 +211,7 @@ def estimated_gib(impl: str, n: int, vocab: int, hidden: int, dtype: str) -> flo
     item = 4 if dtype == "float32" else 2
     inputs = 2 * vocab * hidden * item + 4 * vocab * hidden  # both heads, plus the float32 gradient of one
     extra = {
-        "ours": OURS_BUFFER_BYTES,
+        "ours": min(OURS_BUFFER_BYTES, n * vocab * 4),  # the buffers hold at most one [N, V] float32 tensor
         "gkd": GKD_LOGIT_COPIES * n * vocab * item,
         "trl_chunked": 2 * TRL_SCRATCH_BYTES,
     }[impl]
@@ -297,6 +300,29 @@ def measure(args) -> list[dict]:
     return rows
 
 
+def _case_key(row: dict) -> tuple:
+    return tuple(str(row[field]) for field in ("impl", "N", "V", "H", "dtype", "device"))
+
+
+def merged_rows(path: Path, new_rows: list[dict]) -> list[dict]:
+    """The rows of the CSV at `path` (if any), each replaced by the new row of the same case, then the new cases;
+    old rows come back with numeric N, V, H and measurements."""
+    if not path.exists():
+        return new_rows
+    with path.open(newline="") as handle:
+        old_rows = [_typed(row) for row in csv.DictReader(handle)]
+    fresh = {_case_key(row): row for row in new_rows}
+    merged = [fresh.pop(_case_key(row), row) for row in old_rows]
+    return merged + [row for row in new_rows if _case_key(row) in fresh]
+
+
+def _typed(row: dict) -> dict:
+    """A CSV row with its numeric columns as numbers (empty stays empty)."""
+    ints, floats = ("N", "V", "H", "repeats", "threads"), ("peak_mem_mib", "time_ms", "cpu_time_ms", "loss")
+    return {key: (int(value) if key in ints else float(value)) if value != "" and key in ints + floats else value
+            for key, value in row.items()}
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
@@ -368,6 +394,8 @@ def main(argv=None) -> list[dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = measure(args)
     check_losses_agree(rows)
+    if args.merge:
+        rows = merged_rows(out_dir / "losses.csv", rows)
     write_csv(rows, out_dir / "losses.csv")
     title = f"GJSD loss from hidden states, H={args.hidden}, {args.dtype}, {rows[0]['device_name'] if rows else ''}"
     plot(rows, out_dir / "losses.png", title)

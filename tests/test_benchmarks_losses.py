@@ -37,3 +37,16 @@ def test_skips_cases_that_do_not_fit(losses_module):
     assert losses_module.estimated_gib("ours", 8192, 152064, 1024, "float32") < 3.0  # 1 GiB of buffers + heads
     fitting = losses_module.largest_fitting_n(152064, args)
     assert 1024 <= fitting < 4096 and (fitting, 152064) in losses_module.grid(args)
+
+
+def test_merge_replaces_only_the_re_measured_rows(losses_module, tmp_path):
+    argv = ["--sizes", "16", "--vocabs", "40", "--hidden", "8", "--repeats", "1", "--warmup", "0", "--impls", "ours",
+            "--out-dir", str(tmp_path)]  # fmt: skip
+    first = losses_module.main([*argv, "--sizes", "16,24"])
+    losses_module.main([*argv, "--merge"])
+    with (tmp_path / "losses.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["N"] for row in rows] == ["16", "24"]
+    assert rows[1]["timestamp"] == str(first[1]["timestamp"]) and rows[0]["status"] == "ok"
+    assert losses_module.estimated_gib("ours", 16, 40, 8, "float32") < losses_module.estimated_gib(
+        "ours", 2**20, 40, 8, "float32")

@@ -6,9 +6,11 @@ logits ever exist. Memory on top of the inputs, for `R` computed tokens, vocabul
 
     4 · C · V (2 · C · V for a top-k teacher) float32 buffers  +  grad of the student lm_head (V · H)  +  O(R · H)
 
-(the fused backward briefly holds a second V · H, when the buffers are already freed). The default `C` makes one
-buffer 256 MiB (C = 441 for V = 152K, C = 2048 for V = 32K): 1 GiB of buffers, whatever N. Masked rows and rows whose
-weights are all zero are dropped before any matmul, so they cost nothing. The teacher never receives a gradient.
+(the fused backward briefly holds a second V · H, when the buffers are already freed). The default `C` is sized to the
+work: at most 256 MiB per buffer (C = 441 for V = 152K, C = 2048 for V = 32K), and at most a quarter of the `R`
+computed tokens, in equal chunks, so the four buffers never hold more than one `[R, V]` float32 tensor (GKD's loss
+holds about sixteen). Masked rows and rows whose weights are all zero are dropped before any matmul, so they cost
+nothing. The teacher never receives a gradient.
 Half-precision inputs: on CUDA the matmuls run in bf16/fp16 into float32 buffers (`out_dtype`, as TRL's kernels do);
 elsewhere the heads are upcast to float32 once per call (one float32 `V x H` copy each).
 
@@ -23,6 +25,7 @@ The gradient w.r.t. the student logits is written in closed form, `a - q · sum(
 divergence in `_TERMS`; the tests check it against autograd of `divergence.py`, which defines every divergence.
 """
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -45,6 +48,7 @@ from ._chunk_math import (
 from .divergence import DIVERGENCES, per_token_divergence
 
 _BUFFER_ELEMENTS = 2**26  # elements of one [C, V] buffer: 256 MiB in float32
+_DENSE_BUFFERS = 4  # [C, V] buffers of one chunk against a dense teacher (`_dense_chunk`)
 _REDUCTIONS = ("sum", "none")
 _TEACHER_TAILS = ("renormalize", "bucket")
 
@@ -58,7 +62,7 @@ class _Spec:
     alpha: float
     temperature: float
     vocab_size: int
-    chunk_size: int
+    chunk_size: int | None  # None: sized to the work by `_rows_per_chunk`
     dtype: torch.dtype
     with_entropy: bool
     gate_tau: float | None = None
@@ -96,9 +100,10 @@ def _chunk_loop(student_hidden_RH, student_head_VH, chunk_fn, coef_R, entropy_co
     entropy_R = value_R.new_zeros(entropy_shape) if spec.with_entropy else None
     grad_hidden_RH = torch.zeros_like(student_hidden_RH, dtype=dtype) if need_hidden else None
     grad_head_VH = torch.zeros_like(student_head_VH, dtype=dtype) if need_head else None
-    workspace = _Workspace(min(spec.chunk_size, num_rows), spec.vocab_size, dtype, student_hidden_RH.device)
-    for start in range(0, num_rows, spec.chunk_size):
-        rows = slice(start, min(start + spec.chunk_size, num_rows))
+    chunk = _rows_per_chunk(spec, num_rows, _DENSE_BUFFERS)
+    workspace = _Workspace(min(chunk, num_rows), spec.vocab_size, dtype, student_hidden_RH.device)
+    for start in range(0, num_rows, chunk):
+        rows = slice(start, min(start + chunk, num_rows))
         hidden_CH = student_hidden_RH[rows]
         logits_CV = workspace.take(0, hidden_CH.shape[0])
         _project(logits_CV, hidden_CH, vocab_head_VH, spec.temperature)
@@ -337,13 +342,23 @@ def default_chunk_size(vocab_size: int) -> int:
     return max(1, _BUFFER_ELEMENTS // vocab_size)
 
 
+def _rows_per_chunk(spec: _Spec, num_rows: int, buffers: int) -> int:
+    """The given `chunk_size`, or one sized to the work: chunks of equal size, each at most `default_chunk_size` and
+    at most `num_rows / buffers` (rounded up), so the `buffers` `[C, V]` buffers hold at most one `[R, V]` tensor."""
+    if spec.chunk_size is not None:
+        return spec.chunk_size
+    if num_rows <= 1:
+        return 1
+    chunks = max(math.ceil(num_rows / default_chunk_size(spec.vocab_size)), min(buffers, num_rows))
+    return math.ceil(num_rows / chunks)
+
+
 def _make_spec(
     student_hidden, divergence, beta, alpha, temperature, vocab, chunk_size, with_entropy, gate_tau=None
 ) -> _Spec:
     """Settings of one call; the compute dtype is float64 for float64 inputs, float32 otherwise."""
     dtype = torch.float64 if student_hidden.dtype == torch.float64 else torch.float32
-    chunk = chunk_size if chunk_size is not None else default_chunk_size(vocab)
-    return _Spec(divergence, beta, alpha, temperature, vocab, chunk, dtype, with_entropy or gate_tau is not None,
+    return _Spec(divergence, beta, alpha, temperature, vocab, chunk_size, dtype, with_entropy or gate_tau is not None,
                  gate_tau)
 
 
@@ -410,8 +425,8 @@ def chunked_distill_loss(
             `"sum"`: the scalar `sum_i w_i d_i + sum_i e_i H_i`, its gradient computed in the forward pass (fastest).
             `"none"`: the per-token `w_i d_i`, shape `[N]`; the backward recomputes the logits.
         chunk_size (`int` or `None`, *optional*, defaults to `None`):
-            Tokens per chunk; `None` picks `2**26 // vocab_size` (256 MiB per float32 `[chunk, V]` buffer, four
-            buffers).
+            Tokens per chunk; `None` sizes the four float32 `[chunk, V]` buffers to the work: equal chunks of at most
+            `2**26 // vocab_size` tokens (256 MiB per buffer) and at most a quarter of the computed tokens.
         vocab_size (`int` or `None`, *optional*, defaults to `None`):
             The tokenizer's length: both heads are sliced to their first `vocab_size` rows (padded embedding rows are
             dropped). `None` requires `V_s == V_t`.
@@ -631,9 +646,10 @@ def chunked_logits(
     vocab = _check_head(hidden, lm_head, vocab_size, chunk_size)
     spec = _make_spec(hidden, "generalized_jsd", 0.5, 0.1, 1.0, vocab, chunk_size, False)
     head_VH = _matmul_head(lm_head.detach()[:vocab], hidden, spec.dtype)
-    workspace = _Workspace(min(spec.chunk_size, max(1, hidden.shape[0])), vocab, spec.dtype, hidden.device)
-    for start in range(0, hidden.shape[0], spec.chunk_size):
-        rows = slice(start, start + spec.chunk_size)
+    chunk = _rows_per_chunk(spec, hidden.shape[0], 1)
+    workspace = _Workspace(min(chunk, max(1, hidden.shape[0])), vocab, spec.dtype, hidden.device)
+    for start in range(0, hidden.shape[0], chunk):
+        rows = slice(start, start + chunk)
         logits_CV = workspace.take(0, hidden[rows].shape[0])
         _project(logits_CV, hidden.detach()[rows], head_VH, 1.0)
         yield logits_CV
