@@ -29,6 +29,7 @@ PURE_THIRD_PARTY = ("torch",)
 PURE_PARTS = (
     "cotd_po/_loss_common.py", "cotd_po/likelihood.py", "cotd_po/listwise.py", "cotd_po/pairwise.py",
     "gen_ssd/_selection_base.py", "gen_ssd/perplexity.py", "gen_ssd/beam_search.py", "gen_ssd/termination.py",
+    "brts/alignment.py", "brts/tiers.py", "brts/recovery.py",
 )
 
 
