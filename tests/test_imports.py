@@ -30,6 +30,7 @@ PURE_PARTS = (
     "cotd_po/_loss_common.py", "cotd_po/likelihood.py", "cotd_po/listwise.py", "cotd_po/pairwise.py",
     "gen_ssd/_selection_base.py", "gen_ssd/perplexity.py", "gen_ssd/beam_search.py", "gen_ssd/termination.py",
     "brts/alignment.py", "brts/tiers.py", "brts/recovery.py",
+    "brts/_loss_common.py", "brts/student_context.py", "brts/teacher_context.py",
 )
 
 
