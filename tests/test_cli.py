@@ -100,7 +100,8 @@ def no_model(monkeypatch):
     (["--dataset", "toy:dev:5"], "the split of 'toy:dev:5' must be one of"),
     (["--dataset", "toy:test:5:1-3"], "operand range"),
     (["--dataset", "missing.jsonl"], "missing.jsonl does not exist"),
-    (["--dataset", "data.csv"], "is toy:<split>:<n>"),
+    (["--dataset", "data.csv"], "data.csv does not exist"),
+    (["--dataset", "no-such-org/no-such-data"], "huggingface-cli download --repo-type dataset no-such-org/no-such-data"),
 ])
 def test_bad_arguments_fail_before_the_model_loads(no_model, tmp_path, extra, message):
     argv = ["eval", "--model", "toy-student", "--dataset", "toy:test:3", "--output", str(tmp_path / "x.jsonl")]

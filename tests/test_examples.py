@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--max_steps", "2", "--train_data", "toy:train:16", "--eval_data", "toy:test:4", "--eval_max_new_tokens", "48",
-        "--per_device_train_batch_size", "4", "--logging_steps", "1"]
+TINY = ["--max_steps", "2", "--dataset_name", "toy:train:16", "--eval_dataset_name", "toy:test:4",
+        "--eval_max_new_tokens", "48", "--per_device_train_batch_size", "4", "--logging_steps", "1"]
 EXAMPLES = {
     "brts.py": ["--max_new_tokens", "24"],
     "cotd_po.py": ["--num_rounds", "2", "--prompts_per_round", "8", "--num_candidates", "2", "--max_new_tokens", "12"],
@@ -35,3 +35,7 @@ def test_example_runs(script, tmp_path):
               ROOT / "examples", tmp_path)
     assert "student before: greedy pass@1" in out and "student after" in out
     assert (tmp_path / "run" / "model.safetensors").exists()
+    if script != "cotd_po.py":  # saved by the trainer: its arguments and a model card (CoTD-PO: one per round)
+        assert (tmp_path / "run" / "training_args.bin").exists() and (tmp_path / "run" / "README.md").exists()
+    else:
+        assert (tmp_path / "run" / "training_args.json").exists()

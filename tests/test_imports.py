@@ -336,3 +336,13 @@ def test_package_and_generation_import_without_the_optional_extras():
     result = run_python(code)
     assert result["vllm"] is False
     assert result["loaded"] == []
+
+
+def test_no_library_module_imports_the_command_line():
+    """`cli.py` sits on top: models and data load through `loading.py`, below the methods (no cli -> method -> cli
+    circle). Only the entry points themselves (`cli`, `__main__`) may name it."""
+    known = set(all_modules())
+    entry = {f"{PACKAGE}.cli", f"{PACKAGE}.__main__"}
+    bad = {name: [f"line {i.line}" for i in scan_file(path, known) if i.target == f"{PACKAGE}.cli"]
+           for name, path in all_modules().items() if name not in entry}
+    assert not {k: v for k, v in bad.items() if v}, f"import from {PACKAGE}.loading instead of {PACKAGE}.cli"

@@ -1,17 +1,17 @@
 """The paper-scale configs (`examples/configs/<method>_paper.yaml`), checked on CPU so that a typo, a removed TRL field
 or a bad value fails here and not on a cluster.
 
-Each YAML is parsed by its own example script (`examples/<method>.py`): the script's `main()` runs with
-`--config <yaml>` and a parser that stops it right after parsing, so the dataclasses, the script's `set_defaults` and
-TRL's YAML handling are exactly the launch command's. Then: every YAML key must land in the parsed objects with its
-value, no toy default of the script may reach a paper run, a few paper values are spot-checked, and each trainer is
-built from the parsed config on random models of the paper's architectures at tiny size and trained for one step.
+Each YAML is parsed by the parser of its own script (`trl_reasoning_distill.scripts.<method>`, which
+`examples/<method>.py` and `trl-distill train <method>` run) with `--config <yaml>`, so the dataclasses, the script's
+`set_defaults` and TRL's YAML handling are exactly the launch command's. Then: every YAML key must land in the parsed
+objects with its value, no toy default of the script may reach a paper run, a few paper values are spot-checked, and
+each trainer is built from the parsed config on random models of the paper's architectures at tiny size and trained
+for one step.
 """
 
 import dataclasses
 import enum
-import importlib.util
-import sys
+import importlib
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,8 @@ from trl_reasoning_distill import (
     VCRDTrainer,
     load_toy_tokenizer,
 )
-from trl_reasoning_distill._trl import TrlParser
+from trl_reasoning_distill._trl import get_peft_config
+from trl_reasoning_distill.scripts.common import DistillParser
 from trl_reasoning_distill.toy import problem_rows, sample_problems, solution
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,43 +64,22 @@ class Parsed:
         return next(obj for obj in self.objects if type(obj).__name__ == cls_name)
 
 
-class _StopAfterParsing(Exception):
-    def __init__(self, parsed: Parsed):
-        self.parsed = parsed
-
-
 def example_module(method: str):
-    """`examples/<method>.py` as a module (it imports `_common` from its own folder)."""
-    spec = importlib.util.spec_from_file_location(f"_paper_example_{method}", EXAMPLES / f"{method}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    return module
+    """The script of `examples/<method>.py` (and of `trl-distill train <method>`)."""
+    return importlib.import_module(f"trl_reasoning_distill.scripts.{method}")
 
 
-class CapturingParser(TrlParser):
-    """The script's own parser, which records what it parsed and stops `main()` there (before any model loads)."""
-
-    def parse_args_and_config(self, args=None, **kwargs):
-        script_defaults = {action.dest: action.default for action in self._actions}
-        *objects, leftover = super().parse_args_and_config(args, return_remaining_strings=True)
-        bare = {action.dest: action.default for action in TrlParser(self.dataclass_types)._actions}
-        raise _StopAfterParsing(Parsed(tuple(objects), leftover, script_defaults, bare))
-
-
-def parse_paper_config(method: str, monkeypatch, tmp_path, *overrides: str):
+def parse_paper_config(method: str, tmp_path, *overrides: str):
     """`python examples/<method>.py --config <method>_paper.yaml <overrides>`, parsed; returns (module, Parsed)."""
     module = example_module(method)
-    monkeypatch.setattr(module, "TrlParser", CapturingParser)
-    monkeypatch.setattr(sys, "argv", [f"{method}.py", "--config", str(PAPER_YAMLS[method]),
-                                      "--output_dir", str(tmp_path / "out"), *CPU_ARGS, *overrides])
-    with pytest.raises(_StopAfterParsing) as stop:
-        module.main()
-    assert stop.value.parsed.leftover == [], f"keys of {method}_paper.yaml no dataclass takes"
-    return module, stop.value.parsed
+    parser = module.make_parser(f"{method}.py")
+    script_defaults = {action.dest: action.default for action in parser._actions}
+    *objects, leftover = parser.parse_args_and_config(
+        ["--config", str(PAPER_YAMLS[method]), "--output_dir", str(tmp_path / "out"), *CPU_ARGS, *overrides],
+        return_remaining_strings=True)
+    bare = {action.dest: action.default for action in DistillParser(parser.dataclass_types)._actions}
+    assert leftover == [], f"keys of {method}_paper.yaml no dataclass takes"
+    return module, Parsed(tuple(objects), leftover, script_defaults, bare)
 
 
 def expected(key: str, value):
@@ -126,13 +106,14 @@ def test_every_paper_yaml_has_a_method_here():
 @pytest.mark.parametrize("method", METHODS)
 def test_every_model_a_yaml_names_has_a_tiny_architecture_here(method):
     config = yaml.safe_load(PAPER_YAMLS[method].read_text())
-    models = {config[key] for key in ("student", "teacher", "prm_model_name_or_path") if config.get(key)}
+    models = {config[key] for key in ("model_name_or_path", "teacher_model_name_or_path", "prm_model_name_or_path")
+              if config.get(key)}
     assert models - set(ARCHITECTURES) == set(), "add the checkpoint's architecture to ARCHITECTURES"
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_every_yaml_key_reaches_the_config_with_its_value(method, monkeypatch, tmp_path):
-    _, parsed = parse_paper_config(method, monkeypatch, tmp_path)
+def test_every_yaml_key_reaches_the_config_with_its_value(method, tmp_path):
+    _, parsed = parse_paper_config(method, tmp_path)
     overridden = {arg.removeprefix("--") for arg in ["--output_dir", *CPU_ARGS] if arg.startswith("--")}
     config = yaml.safe_load(PAPER_YAMLS[method].read_text())
     wrong = {key: (value, plain(getattr(parsed.owner(key), key))) for key, value in config.items()
@@ -141,9 +122,9 @@ def test_every_yaml_key_reaches_the_config_with_its_value(method, monkeypatch, t
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_no_toy_default_of_the_script_reaches_a_paper_run(method, monkeypatch, tmp_path):
+def test_no_toy_default_of_the_script_reaches_a_paper_run(method, tmp_path):
     """The examples default to the toy world (`set_defaults`); a paper YAML must set every value they change."""
-    _, parsed = parse_paper_config(method, monkeypatch, tmp_path)
+    _, parsed = parse_paper_config(method, tmp_path)
     toy = {k: v for k, v in parsed.script_defaults.items() if v != parsed.dataclass_defaults[k]}
     config = yaml.safe_load(PAPER_YAMLS[method].read_text())
     assert {k: v for k, v in toy.items() if k not in config} == {}
@@ -169,13 +150,13 @@ PAPER_VALUES = {
     "vcrd": {"VCRDConfig": dict(learning_rate=5e-5, lambda_teacher=1.0, lambda_student=1.0, skew_alpha=0.1,
                                 validity_judge="prm", weighting_rule="ratio", max_length=1024, max_prompt_length=512,
                                 num_train_epochs=2),
-             "LoraArguments": dict(use_peft=True, lora_r=16, lora_alpha=128, lora_dropout=0.05)},
+             "ModelConfig": dict(use_peft=True, lora_r=16, lora_alpha=128, lora_dropout=0.05, dtype="bfloat16")},
 }
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_paper_values_reach_the_config(method, monkeypatch, tmp_path):
-    _, parsed = parse_paper_config(method, monkeypatch, tmp_path)
+def test_paper_values_reach_the_config(method, tmp_path):
+    _, parsed = parse_paper_config(method, tmp_path)
     for cls_name, values in PAPER_VALUES[method].items():
         obj = parsed[cls_name]
         assert {k: plain(getattr(obj, k)) for k in values} == values, cls_name
@@ -289,13 +270,13 @@ def cotd_po_rows(num_candidates: int) -> Dataset:
 
 
 def build_trainer(method: str, module, parsed: Parsed, tokenizer, tmp_path: Path):
-    script_args = parsed["ScriptArguments"]
+    student = parsed["ModelConfig"].model_name_or_path
     if method == "cotd_po":  # the teacher is GPT-4o: its rationales come in the data (no teacher model)
         config = parsed["CoTDPOConfig"]
-        return CoTDPOTrainer(model=tiny_model(script_args.student, tokenizer), args=config, processing_class=tokenizer,
+        return CoTDPOTrainer(model=tiny_model(student, tokenizer), args=config, processing_class=tokenizer,
                              train_dataset=cotd_po_rows(parsed["CoTDPORoundsConfig"].num_candidates))
-    models = dict(model=tiny_model(script_args.student, tokenizer), teacher_model=tiny_model(script_args.teacher,
-                                                                                             tokenizer))
+    teacher = next(o for o in parsed.objects if hasattr(o, "teacher_model_name_or_path")).teacher_model_name_or_path
+    models = dict(model=tiny_model(student, tokenizer), teacher_model=tiny_model(teacher, tokenizer))
     if method == "brts":
         return BRTSTrainer(**models, args=parsed["BRTSConfig"], train_dataset=prompt_rows(),
                            processing_class=tokenizer)
@@ -308,7 +289,7 @@ def build_trainer(method: str, module, parsed: Parsed, tokenizer, tmp_path: Path
     config = parsed["VCRDConfig"]  # the hub PRM cannot be downloaded: its architecture, saved as Skywork stores it
     config.prm_model_name_or_path = str(skywork_like_prm(config.prm_model_name_or_path, tokenizer, tmp_path / "prm"))
     return VCRDTrainer(**models, args=config, train_dataset=vcrd_rows(), processing_class=tokenizer,
-                       peft_config=module.peft_config(parsed["LoraArguments"]))
+                       peft_config=get_peft_config(parsed["ModelConfig"]))
 
 
 @pytest.fixture(scope="module")
@@ -317,8 +298,8 @@ def toy_tokenizer():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_trainer_builds_from_the_paper_config_and_trains_one_step(method, monkeypatch, tmp_path, toy_tokenizer):
-    module, parsed = parse_paper_config(method, monkeypatch, tmp_path, *SPEED_ARGS, *METHOD_SPEED_ARGS[method])
+def test_trainer_builds_from_the_paper_config_and_trains_one_step(method, tmp_path, toy_tokenizer):
+    module, parsed = parse_paper_config(method, tmp_path, *SPEED_ARGS, *METHOD_SPEED_ARGS[method])
     trainer = build_trainer(method, module, parsed, toy_tokenizer, tmp_path)
     trainer.train()
     logs = trainer.state.log_history[0]
@@ -333,14 +314,14 @@ def test_trainer_builds_from_the_paper_config_and_trains_one_step(method, monkey
                            load_file(tmp_path / "prm" / "model.safetensors")["v_head.summary.weight"])
 
 
-def test_gen_ssd_paper_sft_trains_one_step(monkeypatch, tmp_path, toy_tokenizer):
+def test_gen_ssd_paper_sft_trains_one_step(tmp_path, toy_tokenizer):
     """The paper's Gen-SSD training: the example's SFT (cold start and final stage) on prompt/completion rows."""
     # two steps: the paper's 10 % warm-up makes the first step's learning rate 0
-    module, parsed = parse_paper_config("gen_ssd", monkeypatch, tmp_path, *SPEED_ARGS, "--max_steps", "2")
-    student = tiny_model(parsed["ScriptArguments"].student, toy_tokenizer)
+    module, parsed = parse_paper_config("gen_ssd", tmp_path, *SPEED_ARGS, "--max_steps", "2")
+    student = tiny_model(parsed["ModelConfig"].model_name_or_path, toy_tokenizer)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": p.prompt}],
                                "completion": [{"role": "assistant", "content": solution(p, "ltr")}]}
                               for p in toy_problems()])
     before = {n: p.clone() for n, p in student.named_parameters()}
-    trained = module.sft(student, toy_tokenizer, parsed["GenSSDConfig"], data, "paper SFT")
+    trained = module.sft(student, toy_tokenizer, parsed["GenSSDConfig"], data, "paper SFT").model
     assert any(not torch.equal(p, trained.get_parameter(n)) for n, p in before.items())

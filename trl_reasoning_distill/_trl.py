@@ -5,7 +5,17 @@ import warnings
 
 with warnings.catch_warnings():  # trl.experimental warns on import; GKD lives there in trl 1.16
     warnings.simplefilter("ignore")
-    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer, TrlParser
+    from trl import (
+        DPOConfig,
+        DPOTrainer,
+        ModelConfig,
+        ScriptArguments,
+        SFTConfig,
+        SFTTrainer,
+        TrlParser,
+        get_peft_config,
+        get_quantization_config,
+    )
     from trl.experimental.gkd import GKDConfig, GKDTrainer
     from trl.models.utils import unwrap_model_for_generation
 
@@ -25,8 +35,12 @@ __all__ = [
     "DPOTrainer",
     "GKDConfig",
     "GKDTrainer",
+    "ModelConfig",
     "SFTConfig",
     "SFTTrainer",
+    "ScriptArguments",
     "TrlParser",
+    "get_peft_config",
+    "get_quantization_config",
     "unwrap_model_for_generation",
 ]

@@ -1,5 +1,8 @@
-"""`trl-distill`: evaluate a model, run the toy reproduction or the demo, rebuild the toy world.
+"""`trl-distill`: train with a method, evaluate a model, run the toy reproduction or the demo, rebuild the toy world.
 
+    trl-distill train tsd_kd                                   # toy world; `trl-distill train tsd_kd --help`
+    trl-distill train brts --config examples/configs/brts_paper.yaml
+    accelerate launch -m trl_reasoning_distill.cli train gkd --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct ...
     trl-distill eval --model toy-student --dataset toy:test:500 --k 8 --output runs/student.jsonl
     trl-distill eval --model ./checkpoints/step-1000 --dataset data/gsm8k_test.jsonl --max_new_tokens 2048
     trl-distill eval --model toy-teacher --dataset toy:test:500 --k 8 --output runs/teacher.jsonl --overwrite
@@ -14,43 +17,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-TOY_MODELS = ("toy-teacher", "toy-student")
-TOY_SPEC = "toy:<split>:<n>[:<min_ops>-<max_ops>]"
-DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
-
-
-def parse_toy_spec(spec: str) -> dict:
-    """`toy:<split>:<n>[:<min_ops>-<max_ops>]` as `toy_dataset` arguments; `ValueError` naming the bad part."""
-    from .toy.task import SPLITS
-
-    parts = spec.split(":")
-    if len(parts) not in (3, 4):
-        raise ValueError(f"a toy dataset spec is {TOY_SPEC}, got {spec!r}.")
-    if parts[1] not in SPLITS:
-        raise ValueError(f"the split of {spec!r} must be one of {SPLITS}, got {parts[1]!r}.")
-    if not parts[2].isdigit() or int(parts[2]) < 1:
-        raise ValueError(f"the size of {spec!r} must be a positive integer, got {parts[2]!r} ({TOY_SPEC}).")
-    ops = parts[3].split("-") if len(parts) == 4 else ["2", "4"]
-    if len(ops) not in (1, 2) or not all(x.isdigit() for x in ops) or not 2 <= int(ops[0]) <= int(ops[-1]):
-        raise ValueError(f"the operand range of {spec!r} must be <min>-<max> or <n> with 2 <= min <= max, got "
-                         f"{parts[3]!r}.")
-    return {"split": parts[1], "n": int(parts[2]), "seed": 0, "min_ops": int(ops[0]), "max_ops": int(ops[-1])}
-
-
-def load_dataset_spec(spec: str):
-    """`toy:<split>:<n>[:<min_ops>-<max_ops>]`, or a JSON/JSONL/Parquet file with `prompt` and `answer` columns."""
-    if spec.startswith("toy:"):
-        from .toy import toy_dataset
-
-        return toy_dataset(**parse_toy_spec(spec))
-    if not spec.endswith(DATA_SUFFIXES):
-        raise ValueError(f"--dataset is {TOY_SPEC} or a {'/'.join(DATA_SUFFIXES)} file, got {spec!r}.")
-    if not Path(spec).is_file():
-        raise ValueError(f"the dataset file {spec} does not exist.")
-    from datasets import load_dataset
-
-    kind = "parquet" if spec.endswith(".parquet") else "json"
-    return load_dataset(kind, data_files=spec, split="train")
+from .loading import (  # noqa: F401  (importable from here as before)
+    DATA_SUFFIXES,
+    TOY_MODELS,
+    TOY_SPEC,
+    MissingResourceError,
+    load_dataset_spec,
+    load_model_and_tokenizer,
+    parse_toy_spec,
+)
 
 
 def check_output_path(path: str | Path) -> None:
@@ -71,20 +46,6 @@ def check_output_path(path: str | Path) -> None:
             from error
 
 
-def load_model_and_tokenizer(name: str, trust_remote_code: bool = False):
-    if name in TOY_MODELS:
-        from .toy import load_toy_student, load_toy_teacher, load_toy_tokenizer
-
-        return (load_toy_teacher() if name == "toy-teacher" else load_toy_student()), load_toy_tokenizer()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(name, dtype="auto", trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, padding_side="left")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
 def cmd_eval(args) -> None:
     """Every argument is checked (settings, dataset, output location) before the model loads."""
     from .evaluation import check_eval_settings, evaluate, evaluation_rows
@@ -100,7 +61,10 @@ def cmd_eval(args) -> None:
         raise SystemExit(f"trl-distill eval: {error}") from error
     import torch
 
-    model, tokenizer = load_model_and_tokenizer(args.model, args.trust_remote_code)
+    try:
+        model, tokenizer = load_model_and_tokenizer(args.model, args.trust_remote_code)
+    except MissingResourceError as error:
+        raise SystemExit(f"trl-distill eval: {error}") from None
     if torch.cuda.is_available():
         model = model.cuda()
     try:
@@ -116,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trl-distill", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    from .scripts import METHODS
+
+    sub.add_parser("train", help=f"train a student with one of {', '.join(METHODS)} (the code of "
+                                 "examples/<method>.py; `train <method> --help`)", add_help=False)
     ev = sub.add_parser("eval", help="greedy pass@1 and avg@k accuracy of a model on a prompt/answer dataset")
     ev.add_argument("--model", required=True, help=f"a path or hub id, or one of {TOY_MODELS}")
     ev.add_argument("--dataset", required=True, help="toy:<split>:<n>[:<min>-<max>] or a .jsonl/.json/.parquet file")
@@ -132,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--trust_remote_code", action="store_true")
     sub.add_parser("reproduce", help="every method on the toy world under one budget (see --help)", add_help=False)
     sub.add_parser("demo", help="the toy reproduction at a small budget (make demo)", add_help=False)
-    sub.add_parser("build-toy", help="retrain the toy teacher and student (about 15-20 min on CPU)")
+    sub.add_parser("build-toy", help="retrain the toy teacher and student (about 15-20 min on CPU)", add_help=False)
     return parser
 
 
@@ -143,6 +111,17 @@ def main(argv: list[str] | None = None) -> None:
         if rest:
             raise SystemExit(f"unknown arguments: {rest}")
         cmd_eval(args)
+    elif args.command == "train":
+        from .scripts import METHODS, run_script
+
+        if not rest or rest[0] in ("-h", "--help"):
+            print(f"usage: trl-distill train {{{','.join(METHODS)}}} [flags]\n\nRuns the script of "
+                  "examples/<method>.py: TRL's ScriptArguments, the method's config and ModelConfig, toy defaults.\n"
+                  "`trl-distill train <method> --help` lists its flags.")
+            if not rest:
+                raise SystemExit(2)
+            return
+        run_script(rest[0], rest[1:])
     elif args.command == "reproduce":
         from .reproduce import main as reproduce_main
 

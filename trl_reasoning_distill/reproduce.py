@@ -360,15 +360,20 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def build_parser(description: str = __doc__, **defaults) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=defaults.get("seeds", [0, 1, 2]))
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        """The docstring as written, and each option's default."""
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=Formatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=defaults.get("seeds", [0, 1, 2]),
+                        help="seeds, one paired run of every method each")
     parser.add_argument("--steps", type=int, default=defaults.get("steps", 64),
                         help="optimizer steps of every trained method")
     parser.add_argument("--batch", type=int, default=16, help="sequences per optimizer step")
     parser.add_argument("--n_test", type=int, default=defaults.get("n_test", 150),
                         help="held-out problems per split (easy, hard)")
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    parser.add_argument("--out", type=Path, default=defaults.get("out", Path("benchmarks/results/reproduce.csv")))
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, help="methods and baselines run")
+    parser.add_argument("--out", type=Path, default=defaults.get("out", Path("benchmarks/results/reproduce.csv")),
+                        help="CSV of the rows (resumed if it exists)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: --out with .png)")
     parser.add_argument("--table", action="store_true", help="print the tables of --out and exit (reads only)")
     parser.add_argument("--overwrite", action="store_true", help="delete --out and start afresh")

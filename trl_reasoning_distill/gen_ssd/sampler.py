@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="delete the output files made under other settings and start afresh")
     args = parser.parse_args(argv)
 
-    from ..cli import load_dataset_spec, load_model_and_tokenizer
+    from ..loading import load_dataset_spec, load_model_and_tokenizer
 
     student, tokenizer = load_model_and_tokenizer(args.student)
     if args.backend == "vllm":

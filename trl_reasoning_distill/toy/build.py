@@ -131,15 +131,19 @@ def train_teacher(teacher, tokenizer, args, val_accuracy, state: dict, save) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ASSETS)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--teacher_max_steps", type=int, default=2500)
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        """The docstring as written, and each option's default."""
+
+    parser = argparse.ArgumentParser(prog="trl-distill build-toy", description=__doc__, formatter_class=Formatter)
+    parser.add_argument("--out", type=Path, default=ASSETS, help="folder of the teacher, student and tokenizer")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and training")
+    parser.add_argument("--teacher_max_steps", type=int, default=2500, help="most teacher steps per round")
     parser.add_argument("--teacher_rounds", type=int, default=3, help="most training rounds of the teacher")
-    parser.add_argument("--teacher_target", type=float, default=0.95)
-    parser.add_argument("--student_max_steps", type=int, default=1500)
-    parser.add_argument("--student_band", type=float, nargs=2, default=(0.25, 0.40))
-    parser.add_argument("--cold_start_problems", type=int, default=2000)
+    parser.add_argument("--teacher_target", type=float, default=0.95, help="greedy accuracy the teacher must reach")
+    parser.add_argument("--student_max_steps", type=int, default=1500, help="most cold-start steps of the student")
+    parser.add_argument("--student_band", type=float, nargs=2, default=(0.25, 0.40),
+                        help="greedy accuracy band the cold-started student must land in")
+    parser.add_argument("--cold_start_problems", type=int, default=2000, help="problems of the cold start")
     parser.add_argument("--threads", type=int, default=1, help="1 was fastest here: tiny matrices, 2 small cores")
     parser.add_argument("--resume", action="store_true", help="continue from the teacher rounds saved in --out")
     args = parser.parse_args(argv)

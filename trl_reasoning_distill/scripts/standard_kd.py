@@ -1,0 +1,56 @@
+"""Standard KD baseline: fine-tune the student on verified teacher samples (rejection sampling + TRL's SFTTrainer).
+
+Toy world, CPU, a few minutes:
+    trl-distill train standard_kd
+    accelerate launch examples/standard_kd.py --samples_per_prompt 8 --max_steps 300
+Real models: --model_name_or_path, --teacher_model_name_or_path and --dataset_name (prompt + answer columns) as in
+examples/gkd.py.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SamplingArguments:
+    samples_per_prompt: int = field(default=4, metadata={"help": "Teacher samples drawn per training prompt."})
+    sample_temperature: float = field(default=1.0, metadata={"help": "Teacher sampling temperature."})
+    sample_max_new_tokens: int = field(default=192, metadata={"help": "Teacher sampling budget per sample."})
+
+
+def make_parser(prog: str = "standard_kd.py"):
+    from .._trl import SFTConfig
+    from .common import DistillScriptArguments, ModelConfig, TeacherArguments, make_parser
+
+    return make_parser(prog, (DistillScriptArguments, SFTConfig, ModelConfig, TeacherArguments, SamplingArguments),
+                       __doc__, output_dir="runs/standard_kd", completion_only_loss=True)
+
+
+def train(script_args, config, model_args, teacher_args, sampling: SamplingArguments):
+    from .._trl import SFTTrainer
+    from ..baselines import rejection_sample
+    from .common import (
+        accuracy,
+        check_model_args,
+        get_peft_config,
+        load_eval_data,
+        load_student,
+        load_teacher,
+        load_train_data,
+        save,
+    )
+
+    check_model_args(model_args)
+    prompts = load_train_data(script_args)
+    eval_rows = load_eval_data(script_args)
+    student, tokenizer = load_student(model_args, config.trust_remote_code)
+    teacher, _ = load_teacher(teacher_args.teacher_model_name_or_path, model_args, None, config.trust_remote_code)
+    accuracy(student, tokenizer, eval_rows, script_args, "student before")
+    data = rejection_sample(teacher, tokenizer, prompts, n=sampling.samples_per_prompt,
+                            temperature=sampling.sample_temperature, max_new_tokens=sampling.sample_max_new_tokens)
+    print(f"{len(data)} verified teacher samples, {sum(data['tokens_generated'])} teacher tokens generated")
+    trainer = SFTTrainer(model=student, args=config, train_dataset=data.select_columns(["prompt", "completion"]),
+                         processing_class=tokenizer, peft_config=get_peft_config(model_args))
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    save(trainer, config.output_dir, script_args, "standard_kd")
+    accuracy(trainer.model, tokenizer, eval_rows, script_args, "student after Standard KD")
+    return trainer
