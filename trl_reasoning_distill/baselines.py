@@ -7,6 +7,7 @@
 - **GKD** (on-policy distillation, https://huggingface.co/papers/2306.13649): our `KDTrainer`.
 """
 
+import math
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from .fingerprint import (
 from .gen_ssd.sampler import batch_seed
 from .generation import Generator, HFGenerator
 from .jsonl import append_records, read_records
+from .progress import ThroughputBar
 from .validation import check_prompt_answer_rows, dataset_rows
 from .verify import EXTRACTION_MODES, extract_answer, grade
 
@@ -45,6 +47,7 @@ def rejection_sample(
     seed: int | None = None,
     output_jsonl: str | Path | None = None,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> Dataset:
     """Verified samples of `model` on `dataset` (`prompt`, `answer` columns): `n` samples per prompt, the first
     `keep_per_prompt` correct ones kept.
@@ -64,6 +67,9 @@ def rejection_sample(
             another row.
         overwrite (`bool`, *optional*, defaults to `False`):
             Delete `output_jsonl` and its fingerprint first and start afresh.
+        progress (`bool`, *optional*, defaults to `True`):
+            Show a progress bar over the prompts (prompts/s, generated tok/s, kept samples). Without a `seed`, an
+            [`HFGenerator`] is called a few whole batches at a time, which draws the same samples as one call.
 
     Returns:
         `Dataset` with `prompt`, `completion` (assistant messages), `answer`, `id` (when the input has it) and
@@ -95,7 +101,9 @@ def rejection_sample(
         claim_output(output_jsonl, fields, overwrite=overwrite)
         done = read_records(output_jsonl)
         check_records_rows(done, keyed, output_jsonl)
-    step = max(len(rows), 1) if seed is None else batch_size
+    step = _unseeded_step(generator, n, len(rows)) if seed is None else batch_size
+    bar = ThroughputBar(len(rows), "rejection sampling", unit="prompt", enabled=progress,
+                        initial=sum(str(row["id"]) in done for row in keyed))
     for k, start in enumerate(range(0, len(rows), step)):
         batch = keyed[start : start + step]
         if all(str(row["id"]) in done for row in batch):
@@ -105,8 +113,12 @@ def rejection_sample(
         samples = generator.generate(encode_prompts(tokenizer, [r["prompt"] for r in batch]), n=n,
                                      max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         records = [_record(row, group, keep_per_prompt, extraction) for row, group in zip(batch, samples, strict=True)]
-        append_records(output_jsonl, [r for r in records if str(r["id"]) not in done])
-        done.update({str(r["id"]): r for r in records if str(r["id"]) not in done})
+        new = [r for r in records if str(r["id"]) not in done]
+        append_records(output_jsonl, new)
+        done.update({str(r["id"]): r for r in new})
+        bar.update(len(new), tokens=sum(r["tokens_generated"] for r in new),
+                   kept=sum(len(r["kept"]) for r in done.values()))
+    bar.close()
     kept = []
     for row, key in zip(rows, keyed):
         record = done[str(key["id"])]
@@ -116,6 +128,15 @@ def rejection_sample(
     if kept:
         return Dataset.from_list(kept)
     return Dataset.from_dict({name: [] for name in [*rows[0], "completion", "tokens_generated"]})
+
+
+def _unseeded_step(generator, n: int, num_rows: int) -> int:
+    """Prompts per call without a seed: for an [`HFGenerator`], as many as fill whole `generate` batches, so the
+    calls draw exactly what one call over every prompt would (its batches, in the same order); every prompt at once
+    for other backends (vLLM schedules them best in one call)."""
+    if isinstance(generator, HFGenerator):
+        return math.lcm(generator.batch_size, n) // n
+    return max(num_rows, 1)
 
 
 def _record(row: dict, group, keep_per_prompt: int, extraction: str) -> dict:

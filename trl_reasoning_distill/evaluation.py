@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .fingerprint import check_unique_ids, claim_output, model_identity, rows_identity, tokenizer_identity
 from .generation.hf import HFGenerator
 from .jsonl import append_records, read_records
+from .progress import ThroughputBar, generated_tokens
 from .validation import check_prompt_answer_rows, dataset_rows  # check_prompt_answer_rows: re-exported
 from .verify import EXTRACTION_MODES, extract_answer, grade
 
@@ -138,13 +138,14 @@ def evaluate(
     done = read_records(output_jsonl)
     todo = [r for r in rows if str(r["id"]) not in done]
     generator = HFGenerator(model, tokenizer, batch_size=batch_size * max(k, 1))
-    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="eval", disable=not progress)
+    bar = ThroughputBar(len(rows), "eval", unit="problem", initial=len(rows) - len(todo), enabled=progress)
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        records = _evaluate_batch(generator, tokenizer, batch, k, temperature, top_p, max_new_tokens, extraction)
+        records, tokens = _evaluate_batch(generator, tokenizer, batch, k, temperature, top_p, max_new_tokens,
+                                          extraction)
         append_records(output_jsonl, records)
         done.update({str(r["id"]): r for r in records})
-        bar.update(len(batch))
+        bar.update(len(batch), tokens=tokens)
     bar.close()
     records = [done[str(r["id"])] for r in rows]
     greedy = sum(r["greedy_correct"] for r in records) / len(records)
@@ -152,7 +153,9 @@ def evaluate(
     return EvalResult(greedy, avg_k, k, len(records), extraction, records)
 
 
-def _evaluate_batch(generator, tokenizer, batch, k, temperature, top_p, max_new_tokens, extraction) -> list[dict]:
+def _evaluate_batch(generator, tokenizer, batch, k, temperature, top_p, max_new_tokens,
+                    extraction) -> tuple[list[dict], int]:
+    """The records of `batch` and the tokens generated for them (greedy and sampled)."""
     prompt_ids = encode_prompts(tokenizer, [r["prompt"] for r in batch])
     greedy = generator.generate(prompt_ids, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
     sampled = (generator.generate(prompt_ids, n=k, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -168,4 +171,4 @@ def _evaluate_batch(generator, tokenizer, batch, k, temperature, top_p, max_new_
             "samples": [s.text for s in samples],
             "sample_correct": [grade(extract_answer(s.text, extraction), gold) for s in samples],
         })
-    return records
+    return records, generated_tokens(greedy) + generated_tokens(sampled)

@@ -173,7 +173,7 @@ def run_vcrd(prompts, ctx, out, steps, batch, seed):
 
     torch.manual_seed(seed)
     data = sample_vcrd_rollouts(ctx["teacher"], ctx["student"], ctx["tokenizer"], prompts,
-                                max_new_tokens=EVAL_TOKENS)
+                                max_new_tokens=EVAL_TOKENS, progress=False)
     prompt_lengths = [len(ids) for ids in encode_prompts(ctx["tokenizer"], data["prompt"])]
     tokens = _token_count(ctx["tokenizer"], data["teacher_completion"])
     trainer = _kd_run(VCRDConfig, VCRDTrainer, data, ctx, out, steps, batch, seed, validity_judge="teacher_prob",
@@ -192,7 +192,7 @@ def run_cotd_po(prompts, ctx, out, steps, batch, seed):
                                 max_new_tokens=24)
     rationales = TeacherRationales(ctx["teacher"], ctx["tokenizer"], args, max_new_tokens=160)
     model = run_rounds(load_toy_student(), ctx["tokenizer"], prompts.select_columns(["id", "prompt", "answer"]),
-                       ToyCorrectnessScorer(), args, config, rationales=rationales)
+                       ToyCorrectnessScorer(), args, config, rationales=rationales, progress=False)
     records = [json.loads(line) for r in range(1, rounds + 1)
                for line in (round_dir(out, r) / "samples.jsonl").read_text().splitlines()]
     tokens = _token_count(ctx["tokenizer"], [r["rationale"] for r in records if r.get("rationale")])
@@ -235,13 +235,15 @@ def measure(model, ctx: dict, n_test: int) -> dict:
 
 def reproduce(out: Path, seeds: list[int], steps: int, batch: int, n_test: int, methods: list[str],
               verbose: bool = True, overwrite: bool = False) -> list[dict]:
-    """Run every (method, seed) not yet in `out`; returns the CSV's rows.
+    """Run every (method, seed) not yet in `out`; returns the CSV's rows. With `verbose`, a bar over the runs
+    (elapsed, ETA, the run in progress) and one line per finished run.
 
     `out` is resumed only when its fingerprint matches this run's settings (else `fingerprint.StaleOutputError`
     names the differing ones, before any training); `overwrite=True` deletes it and starts afresh.
     """
     import torch
 
+    from .progress import ThroughputBar
     from .toy import load_toy_student, load_toy_teacher, load_toy_tokenizer, toy_dataset
     from .utils import quiet_cpu_run
 
@@ -262,15 +264,21 @@ def reproduce(out: Path, seeds: list[int], steps: int, batch: int, n_test: int, 
     ctx["done"] = {(r["method"], int(r["seed"])): r for r in rows}
     done = ctx["done"]
 
+    runs = [(name, 0) for name in (COLD_START, TEACHER)] + [(m, seed) for seed in seeds for m in methods]
+    bar = ThroughputBar(len(runs), "reproduce", unit="run", initial=sum(run in done for run in runs),
+                        enabled=verbose)
+
     def record(row: dict) -> None:
         append_row(out, FIELDS, row)
         done[(row["method"], int(row["seed"]))] = row
         if verbose:
-            print(f"{row['method']:<22} seed {row['seed']}: " + ", ".join(f"{m} {row[m]:.3f}" for m in METRICS) +
-                  f" ({row['train_seconds']:.0f} s training)", flush=True)
+            bar.write(f"{row['method']:<22} seed {row['seed']}: " + ", ".join(f"{m} {row[m]:.3f}" for m in METRICS) +
+                      f" ({row['train_seconds']:.0f} s training)")
+        bar.update(1)
 
     for name, model in ((COLD_START, ctx["student"]), (TEACHER, ctx["teacher"])):
         if (name, 0) not in done:
+            bar.describe(f"reproduce: {name}")
             torch.manual_seed(0)
             began = time.time()
             record({"method": name, "seed": 0, "steps": 0, "batch": batch, "examples": 0, "teacher_tokens": 0,
@@ -281,6 +289,7 @@ def reproduce(out: Path, seeds: list[int], steps: int, batch: int, n_test: int, 
         for method in methods:
             if (method, seed) in done:
                 continue
+            bar.describe(f"reproduce: {method}, seed {seed}")
             torch.manual_seed(seed)
             with tempfile.TemporaryDirectory() as run_dir:
                 began = time.time()
@@ -291,6 +300,7 @@ def reproduce(out: Path, seeds: list[int], steps: int, batch: int, n_test: int, 
             record({"method": method, "seed": seed, "steps": steps, "batch": batch, "examples": examples,
                     "teacher_tokens": tokens, "train_seconds": trained - began, "eval_seconds": time.time() - trained,
                     **scores, "eval_n": n_test})
+    bar.close()
     with Path(out).open(newline="") as handle:
         return list(csv.DictReader(handle))
 

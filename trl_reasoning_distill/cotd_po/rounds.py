@@ -36,6 +36,7 @@ from ..checkpointing import last_complete_checkpoint
 from ..fingerprint import check_unique_ids, claim_output, model_identity, rows_identity, tokenizer_identity
 from ..generation import Generator, HFGenerator, Sample
 from ..jsonl import append_records, read_records
+from ..progress import ThroughputBar, show_training_progress
 from .config import CoTDPOConfig
 from .scoring import TeacherScorer
 from .trainer import CoTDPOTrainer, encode_context
@@ -249,12 +250,15 @@ def _chunk_records(rows: list[dict], round_index: int, tokenizer, scorer: Teache
 
 def collect_round(pool: list[dict], round_index: int, tokenizer, scorer: TeacherScorer, generator: Generator,
                   rationale_source: RationaleSource | None, args: CoTDPOConfig, rounds: CoTDPORoundsConfig,
-                  path: Path) -> list[dict]:
+                  path: Path, progress: bool = False) -> list[dict]:
     """The round's records, in prompt order: read from `path`, with the missing ones sampled, scored and appended
-    chunk by chunk. A chunk is always sampled whole under its own seed, so a resumed chunk repeats its samples."""
+    chunk by chunk. A chunk is always sampled whole under its own seed, so a resumed chunk repeats its samples.
+    `progress` shows a bar over the round's prompts (prompts/s, the student's sampled tok/s, mean reward)."""
     rows = [pool[i] for i in round_prompt_indices(len(pool), rounds.prompts_per_round, round_index, args.seed)]
     done = read_records(path)
     size = rounds.sampling_batch_size
+    bar = ThroughputBar(len(rows), f"round {round_index}/{rounds.num_rounds}: sample+score", unit="prompt",
+                        initial=sum(str(row["id"]) in done for row in rows), enabled=progress)
     for c, start in enumerate(range(0, len(rows), size)):
         chunk = rows[start : start + size]
         missing = [row for row in chunk if str(row["id"]) not in done]
@@ -265,7 +269,10 @@ def collect_round(pool: list[dict], round_index: int, tokenizer, scorer: Teacher
         new = [r for r in records if str(r["id"]) not in done]
         append_records(path, new)
         done.update({str(r["id"]): r for r in new})
+        bar.update(len(new), tokens=sum(len(ids) for r in new for ids in r.get("completion_token_ids", [])),
+                   reward=f"{_summary(list(done.values()))['mean_reward']:.3f}")
         logger.info("round %d: %d/%d prompts sampled and scored", round_index, len(done), len(rows))
+    bar.close()
     return [done[str(row["id"])] for row in rows]
 
 
@@ -323,6 +330,7 @@ def run_rounds(
     rationales: RationaleSource | None = None,
     make_generator: Callable[[PreTrainedModel], Generator] | None = None,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> PreTrainedModel:
     """
     Run (or resume) the rounds under `args.output_dir` and return the student after the last one.
@@ -341,6 +349,10 @@ def run_rounds(
         overwrite (`bool`, *optional*, defaults to `False`): delete the rounds under `args.output_dir` and start
             afresh. Without it, rounds made under another fingerprint ([`rounds_fingerprint`]: other prompts, scorer,
             K, training settings, ...) raise `StaleOutputError` naming the differing fields.
+        progress (`bool`, *optional*, defaults to `True`): show two bars per round, counted `round r/N`: one over its
+            prompts' sampling and scoring (prompts/s, tok/s, mean reward) and one over its training steps (loss), the
+            latter in place of the Trainer's printed logs. Each round's `round.json` keeps its training logs
+            (`log_history`).
     """
     pool = _check_pool(prompts, args, rationales)
     state = PartialState()
@@ -361,30 +373,39 @@ def run_rounds(
         began = time.time()
         if state.is_main_process:  # sampling and scoring on one process; every process trains on the records
             generator = make_generator(model) if make_generator else HFGenerator(model, tokenizer)
-            collect_round(pool, r, tokenizer, scorer, generator, rationales, args, rounds, directory / "samples.jsonl")
+            collect_round(pool, r, tokenizer, scorer, generator, rationales, args, rounds, directory / "samples.jsonl",
+                          progress=progress)
         state.wait_for_everyone()
         done = read_records(directory / "samples.jsonl")
         indices = round_prompt_indices(len(pool), rounds.prompts_per_round, r, args.seed)
         records = [done[pool[i]["id"]] for i in indices]
         sampled = time.time()
-        model = _train_round(model, tokenizer, records_to_dataset(records), args, directory)
+        log_history: list[dict] = []
+        model = _train_round(model, tokenizer, records_to_dataset(records), args, directory,
+                             f"round {r}/{rounds.num_rounds}: train" if progress else None, log_history)
         if state.is_main_process:
             summary = {"round": r, **_summary(records), "sampling_seconds": sampled - began,
-                       "training_seconds": time.time() - sampled}
+                       "training_seconds": time.time() - sampled, "log_history": log_history}
             _write_json(directory / "round.json", summary)
             logger.info("round %d finished: %s", r, summary)
         state.wait_for_everyone()
     return model
 
 
-def _train_round(model, tokenizer, dataset: Dataset, args: CoTDPOConfig, directory: Path) -> PreTrainedModel:
+def _train_round(model, tokenizer, dataset: Dataset, args: CoTDPOConfig, directory: Path, bar: str | None = None,
+                 log_history: list | None = None) -> PreTrainedModel:
     """A fresh trainer (optimizer, schedule) on the round's groups; resumes from its newest complete checkpoint if any
-    (a checkpoint whose save was cut short is skipped with a warning)."""
+    (a checkpoint whose save was cut short is skipped with a warning). With `bar`, a progress bar so labelled replaces
+    the Trainer's printed logs; the logs are appended to `log_history` when given."""
     trainer_dir = directory / "trainer"
     round_args = dataclasses.replace(args, output_dir=str(trainer_dir))
     trainer = CoTDPOTrainer(model=model, args=round_args, train_dataset=dataset, processing_class=tokenizer)
+    if bar is not None:
+        show_training_progress(trainer, "cotd_po/rationale", desc=bar)
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(trainer_dir))
     trainer.save_model(str(directory / "model"))
+    if log_history is not None:
+        log_history.extend(trainer.state.log_history)
     return trainer.model
 
 

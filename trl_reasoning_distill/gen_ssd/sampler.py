@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..evaluation import as_messages
@@ -49,6 +48,7 @@ from ..fingerprint import (
 )
 from ..generation.base import Generator
 from ..jsonl import append_records, read_records
+from ..progress import tqdm_class
 from ..validation import check_prompt_answer_rows, dataset_rows
 from ..verify import EXTRACTION_MODES, extract_answer, grade
 from .chunk_loop import (  # the chunk loop, re-exported: import it from here as before
@@ -191,8 +191,8 @@ class GenSSDSampler:
         kept, seen = read_records(output_path), read_records(all_records_path(output_path))
         check_records_rows(seen, rows, output_path)
         check_records_rows(kept, rows, output_path)
-        bar = tqdm(total=len(rows), initial=sum(str(r["id"]) in seen for r in rows), desc="gen-ssd",
-                   disable=not self.progress)
+        bar = tqdm_class()(total=len(rows), initial=sum(str(r["id"]) in seen for r in rows), desc="gen-ssd",
+                           unit="problem", disable=not self.progress, dynamic_ncols=True)
         start, run_tokens = time.perf_counter(), 0
         for k in range(0, -(-len(rows) // self.batch_size)):
             batch = rows[k * self.batch_size : (k + 1) * self.batch_size]
@@ -205,8 +205,8 @@ class GenSSDSampler:
             bar.update(sum(str(r["id"]) not in seen for r in records))
             seen.update({str(r["id"]): r for r in records})
             kept.update({str(r["id"]): r for r in records if self._keeps(r)})
-            bar.set_postfix(tok_s=f"{run_tokens / (time.perf_counter() - start):.0f}", kept=len(kept),
-                            dropped=len(seen) - len(kept), pruned=sum(r["pruned"] for r in seen.values()))
+            bar.set_postfix({"tok/s": f"{run_tokens / (time.perf_counter() - start):.0f}", "kept": len(kept),
+                             "dropped": len(seen) - len(kept), "pruned": sum(r["pruned"] for r in seen.values())})
         bar.close()
         done = [seen[str(r["id"])] for r in rows]
         return SamplingSummary(len(done), sum(self._keeps(r) for r in done), sum(r["teacher_tokens"] for r in done),

@@ -33,6 +33,7 @@ from ..gen_ssd.sampler import batch_seed
 from ..generation import HFGenerator
 from ..generation.base import validate_sampling
 from ..jsonl import append_records, read_records
+from ..progress import ThroughputBar, generated_tokens
 from ..toy.task import parse_problem
 from ..validation import dataset_rows
 
@@ -209,6 +210,7 @@ def sample_vcrd_rollouts(
     seed: int | None = None,
     output_jsonl: str | Path | None = None,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> Dataset:
     """
     The offline rollouts of VCRD (paper §12): one teacher response and (with `student`) one student response per
@@ -233,6 +235,8 @@ def sample_vcrd_rollouts(
             is kept beside it: a run under others raises `StaleOutputError` naming the fields, and so does a record
             of another row.
         overwrite (`bool`, *optional*, defaults to `False`): Delete `output_jsonl` and its fingerprint first.
+        progress (`bool`, *optional*, defaults to `True`): Show a progress bar over the responses (responses/s,
+            generated tok/s), updated after each `generate` call of `batch_size` prompts.
 
     Returns:
         `Dataset`: The rows with `teacher_completion` and (with `student`) `student_completion` added.
@@ -262,29 +266,37 @@ def sample_vcrd_rollouts(
         done = read_records(output_jsonl)
         check_records_rows(done, keyed, output_jsonl)
     step = len(rows) if seed is None else batch_size
+    bar = ThroughputBar(len(rows) * len(models), "VCRD rollouts", unit="response", enabled=progress,
+                        initial=len(models) * sum(str(row["id"]) in done for row in keyed))
     for k, start in enumerate(range(0, len(rows), step)):
         batch = keyed[start : start + step]
         if all(str(row["id"]) in done for row in batch):
             continue
         if seed is not None:
             torch.manual_seed(batch_seed(seed, k))
-        records = _rollout_batch(batch, models, tokenizer, max_new_tokens, temperature, top_p, batch_size)
+        records = _rollout_batch(batch, models, tokenizer, max_new_tokens, temperature, top_p, batch_size, bar)
         append_records(output_jsonl, [r for r in records if str(r["id"]) not in done])
         done.update({str(r["id"]): r for r in records if str(r["id"]) not in done})
+    bar.close()
     records = [done[str(key["id"])] for key in keyed]
     return Dataset.from_list([{**row, **{c: record[c] for c in models}} for row, record in zip(rows, records)])
 
 
 def _rollout_batch(batch: list[dict], models: dict, tokenizer, max_new_tokens: int, temperature: float, top_p: float,
-                   batch_size: int) -> list[dict]:
-    """One record per row of `batch`: each model's one response (all of the teacher's, then all of the student's)."""
+                   batch_size: int, bar: ThroughputBar) -> list[dict]:
+    """One record per row of `batch`: each model's one response (all of the teacher's, then all of the student's),
+    `batch_size` prompts per call (the batches one call over every prompt would make: the same draws)."""
     prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in batch])
     records = [{"id": row["id"], "row_hash": row_hash(row)} for row in batch]
     for column, model in models.items():
-        samples = HFGenerator(model, tokenizer, batch_size=batch_size).generate(
-            prompt_ids, n=1, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-        for record, (sample,) in zip(records, samples, strict=True):
-            record[column] = sample.text
+        generator = HFGenerator(model, tokenizer, batch_size=batch_size)
+        step = batch_size
+        for start in range(0, len(batch), step):
+            samples = generator.generate(prompt_ids[start : start + step], n=1, max_new_tokens=max_new_tokens,
+                                         temperature=temperature, top_p=top_p)
+            for record, (sample,) in zip(records[start : start + step], samples, strict=True):
+                record[column] = sample.text
+            bar.update(len(samples), tokens=generated_tokens(samples))
     return records
 
 
