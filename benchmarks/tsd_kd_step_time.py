@@ -8,10 +8,17 @@ so that the LM-head work, which is what TSD-KD adds to, has its real size. Each 
 chunked loss from hidden states, and full logits (`loss_chunk_size=0`). Rollout generation, the same for both
 methods, is left out: the ratio below is the upper bound of the ratio of whole training steps.
 
-    python benchmarks/tsd_kd_step_time.py                # CPU, B=2, T=512, 1 thread: about 5 minutes
+Three rows per loss path: GKD; TSD-KD with one micro-batch per step (its selections chosen in the loss); and TSD-KD
+"accumulated", the per-micro-batch cost when a step has several micro-batches or processes, where the opener is chosen
+by a no-grad student pass before the loss so that it can be counted over the global batch. The machine is shared, so
+the runs are interleaved (GKD, TSD-KD, TSD-KD accumulated, GKD, ...) and timed in CPU time (`time.process_time`) as
+well as wall time; each round gives one ratio to that round's GKD run, and the CSV reports their median, minimum and
+maximum.
+
+    python benchmarks/tsd_kd_step_time.py                # CPU, B=2, T=512, 1 thread: about 15 minutes
     python benchmarks/tsd_kd_step_time.py --vocab 512 --hidden 32 --seq 32 --repeats 1   # smoke run
 
-Writes `<out-dir>/tsd_kd_step_time.csv` (one row per trainer and loss path, with the ratio to GKD's).
+Writes `<out-dir>/tsd_kd_step_time.csv` (one row per method and loss path, with the CPU-time ratios to GKD's).
 """
 
 import argparse
@@ -22,8 +29,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FIELDS = ("method", "loss_path", "batch", "seq", "vocab", "student_hidden", "teacher_hidden", "time_ms",
-          "ratio_to_gkd", "repeats", "threads", "device")  # fmt: skip
+METHODS = ("GKD", "TSD-KD", "TSD-KD accumulated")
+FIELDS = ("method", "loss_path", "batch", "seq", "vocab", "student_hidden", "teacher_hidden", "cpu_ms", "wall_ms",
+          "ratio_to_gkd", "ratio_min", "ratio_max", "repeats", "threads", "device", "git_commit")  # fmt: skip
 
 
 def parse_args(argv=None):
@@ -33,7 +41,7 @@ def parse_args(argv=None):
     parser.add_argument("--vocab", type=int, default=151936, help="student vocabulary (Qwen2.5's by default)")
     parser.add_argument("--hidden", type=int, default=256, help="student hidden size; the teacher's is twice it")
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps after one warm-up (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds after one warm-up round")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"))
@@ -75,23 +83,48 @@ def build_trainer(method: str, chunk: int, student, teacher, tokenizer, out: str
     return trainer_cls(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tokenizer)
 
 
-def time_loss(trainer, batch, repeats: int, device: str) -> float:
-    """Median milliseconds of `compute_loss` + backward after one warm-up call."""
+def time_loss(trainer, batch, device: str, accumulated: bool = False) -> tuple[float, float]:
+    """(CPU ms, wall ms) of one `compute_loss` + backward; `accumulated`: after choosing and counting the selections
+    as a step with several micro-batches does (`_choose_selections`, then the loss with them)."""
     import torch
 
-    times = []
+    trainer.model.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    cpu, wall = time.process_time(), time.perf_counter()
+    inputs = batch
+    if accumulated:
+        mask_BT = batch["labels"][:, 1:] != -100
+        opener_BT, selected_BT = trainer._choose_selections([batch], [mask_BT])[0]
+        counts = {"num_opener_tokens": opener_BT.sum(), "num_entropy_units": selected_BT.any(dim=-1).sum()}
+        inputs = {**batch, "tsd_kd_selections": (opener_BT, selected_BT), "tsd_kd_counts": counts}
+    loss = trainer.compute_loss(trainer.model, inputs, num_items_in_batch=(batch["labels"][:, 1:] != -100).sum())
+    loss.backward()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 1000 * (time.process_time() - cpu), 1000 * (time.perf_counter() - wall)
+
+
+def interleaved(trainers: dict, batch, repeats: int, device: str) -> dict[str, list[tuple[float, float]]]:
+    """One warm-up round, then `repeats` rounds of every method in turn (A B C A B C ...): per method, the (CPU ms,
+    wall ms) of each round."""
+    times = {method: [] for method in trainers}
     for step in range(repeats + 1):
-        trainer.model.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=(batch["labels"][:, 1:] != -100).sum())
-        loss.backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if step > 0:
-            times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+        for method, trainer in trainers.items():
+            measured = time_loss(trainer, batch, device, accumulated=method.endswith("accumulated"))
+            if step > 0:
+                times[method].append(measured)
+    return times
+
+
+def git_commit() -> str:
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    except OSError:
+        return ""
+    return head.stdout.strip()
 
 
 def main(argv=None):
@@ -109,20 +142,26 @@ def main(argv=None):
     student = qwen2(args.vocab, args.hidden, args.layers).to(args.device)
     teacher = qwen2(args.vocab + 128, 2 * args.hidden, args.layers).to(args.device)
     batch = shared_batch(args, args.device)
-    rows = []
+    rows, commit = [], git_commit()
     for loss_path, chunk in (("chunked (default)", -1), ("full logits", 0)):
-        times = {}
-        for method in ("GKD", "TSD-KD"):
-            with tempfile.TemporaryDirectory() as out:
-                trainer = build_trainer(method, chunk, student, teacher, tokenizer, out, args.device)
-                trainer.vocab_size = args.vocab  # the random models' shared rows, not the toy tokenizer's
-                times[method] = time_loss(trainer, batch, args.repeats, args.device)
-        for method, ms in times.items():
+        with tempfile.TemporaryDirectory() as out:
+            trainers = {}
+            for method in METHODS:
+                trainers[method] = build_trainer(method.split()[0], chunk, student, teacher, tokenizer, out,
+                                                 args.device)
+                trainers[method].vocab_size = args.vocab  # the random models' shared rows, not the toy tokenizer's
+            times = interleaved(trainers, batch, args.repeats, args.device)
+        for method, measured in times.items():
+            ratios = [cpu / gkd_cpu for (cpu, _), (gkd_cpu, _) in zip(measured, times["GKD"], strict=True)]
+            cpu_ms, wall_ms = (statistics.median(column) for column in zip(*measured, strict=True))
             rows.append({"method": method, "loss_path": loss_path, "batch": args.batch, "seq": args.seq,
                          "vocab": args.vocab, "student_hidden": args.hidden, "teacher_hidden": 2 * args.hidden,
-                         "time_ms": round(ms, 1), "ratio_to_gkd": round(ms / times["GKD"], 3),
-                         "repeats": args.repeats, "threads": args.threads, "device": args.device})
-            print(f"{method:<7} {loss_path:<18} {ms:9.1f} ms  {ms / times['GKD']:.2f}x GKD", flush=True)
+                         "cpu_ms": round(cpu_ms, 1), "wall_ms": round(wall_ms, 1),
+                         "ratio_to_gkd": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
+                         "ratio_max": round(max(ratios), 3), "repeats": args.repeats, "threads": args.threads,
+                         "device": args.device, "git_commit": commit})
+            print(f"{method:<19} {loss_path:<18} CPU {cpu_ms:9.1f} ms  wall {wall_ms:9.1f} ms  "
+                  f"{statistics.median(ratios):.3f}x GKD ({min(ratios):.3f}-{max(ratios):.3f})", flush=True)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "tsd_kd_step_time.csv").open("w", newline="") as handle:

@@ -216,38 +216,44 @@ def adaptive_opener_ratio_ref(gap, history, window, quantile_edges, ratios):
     return torch.tensor(out)
 
 
-def _mean_ref(values):
-    """Plain mean of a list of 0-dim tensors; 0 for an empty list."""
+def _mean_ref(values, count=None, num_processes=1):
+    """Plain mean of a list of 0-dim tensors; 0 for an empty list. Given the `count` of items in the whole global
+    batch (all micro-batches, all processes), this list's part of that mean instead: sum * num_processes / count."""
+    if count is not None:
+        return sum(values) * num_processes / count if values and count else torch.zeros((), dtype=torch.float64)
     return sum(values) / len(values) if values else torch.zeros((), dtype=torch.float64)
 
 
 def tsd_kd_loss_ref(
     student_logits, teacher_logits, mask, beta=0.9, top_k=10, opener_ratio=0.1, entropy_ratio=0.1,
     indirect_coef=0.1, entropy_coef=1.0, tau=1.0, use_gate=True, entropy_scope="sequence", temperature=1.0,
+    num_items_in_batch=None, num_opener_tokens=None, num_entropy_units=None, num_processes=1,
 ):  # fmt: skip
     """Eq. (13) with the spec's reductions (section 2.8): direct = gated JSD mean over valid tokens, indirect = PL mean
     over opener tokens, entropy = per-row mean over I then mean over rows (one mean over I for scope "batch").
-    Returns a dict of 0-dim float64 tensors: loss, direct, indirect, entropy."""
+    Each mean is over this batch, or, given the global batch's count of its items (valid tokens, opener tokens, rows
+    with a non-empty I or selected tokens), this batch's part of the global mean, times `num_processes` (DDP averages
+    the processes' gradients). Returns a dict of 0-dim float64 tensors: loss, direct, indirect, entropy."""
     B, T, _ = student_logits.shape
     jsd = generalized_jsd_ref(student_logits, teacher_logits, beta, temperature)
     h_student = entropy_ref(student_logits, temperature)
     h_teacher = entropy_ref(teacher_logits, temperature)
     gate = entropy_gap_gate_ref(h_student, h_teacher, tau) if use_gate else torch.ones(B, T, dtype=torch.float64)
     valid = [(b, t) for b in range(B) for t in range(T) if mask[b, t]]
-    direct = _mean_ref([gate[bt] * jsd[bt] for bt in valid])
+    direct = _mean_ref([gate[bt] * jsd[bt] for bt in valid], num_items_in_batch, num_processes)
     opener = opener_mask_ref(h_student.detach(), mask, opener_ratio)
     opener_positions = [bt for bt in valid if opener[bt]]
     losses = [
         plackett_luce_loss_ref(student_logits[bt][None] / temperature, teacher_logits[bt][None], top_k)[0]
         for bt in opener_positions
     ]
-    indirect = _mean_ref(losses)
+    indirect = _mean_ref(losses, num_opener_tokens, num_processes)
     selected = top_entropy_mask_ref(h_student.detach(), mask, entropy_ratio, entropy_scope)
     if entropy_scope == "batch":
-        entropy_term = _mean_ref([h_student[bt] for bt in valid if selected[bt]])
+        entropy_term = _mean_ref([h_student[bt] for bt in valid if selected[bt]], num_entropy_units, num_processes)
     else:
         row_means = [[h_student[b, t] for t in range(T) if selected[b, t]] for b in range(B)]
-        entropy_term = _mean_ref([_mean_ref(row) for row in row_means if row])
+        entropy_term = _mean_ref([_mean_ref(row) for row in row_means if row], num_entropy_units, num_processes)
     loss = direct + entropy_coef * entropy_term + indirect_coef * indirect
     return {"loss": loss, "direct": direct, "indirect": indirect, "entropy": entropy_term}
 

@@ -393,16 +393,60 @@ def test_tsd_kd_loss_degenerate_masks_are_finite(dtype):
         assert m.any() or (out.loss == 0 and not grad_BTV.any())
 
 
-def test_tsd_kd_loss_global_token_normalisation():
+def _global_counts(student_BTV, mask_BT, opener_ratio=0.1, entropy_ratio=0.1, entropy_scope="sequence"):
+    """The three normalisers of the whole batch, from the float64 reference's selections."""
+    entropy_BT = ref.entropy_ref(student_BTV.detach())
+    selected_BT = ref.top_entropy_mask_ref(entropy_BT, mask_BT, entropy_ratio, entropy_scope)
+    units = selected_BT.sum() if entropy_scope == "batch" else selected_BT.any(-1).sum()
+    return {"num_items_in_batch": int(mask_BT.sum()), "num_entropy_units": int(units),
+            "num_opener_tokens": int(ref.opener_mask_ref(entropy_BT, mask_BT, opener_ratio).sum())}
+
+
+@pytest.mark.parametrize("terms", [
+    {"indirect_coef": 1.0, "entropy_coef": 0.0}, {"indirect_coef": 0.0, "entropy_coef": 1.0}, {},
+])  # fmt: skip
+@pytest.mark.parametrize("chunked", [False, True])
+def test_tsd_kd_loss_global_normalisers_make_micro_batches_add_up(terms, chunked):
+    """Items 4 and 7 of the scale issue: with the global batch's counts, the micro-batches' losses (and gradients) add
+    up to the loss of the whole batch, for any split, and two processes' halves average to it; each term alone too."""
+    student_BTH, student_VH, teacher_BTH, teacher_VH, mask_BT, vocab = _hidden_inputs(B=6, T=7)
+    student_BTV, teacher_BTV = (student_BTH @ student_VH[:vocab].T).detach(), teacher_BTH @ teacher_VH[:vocab].T
+    options = {"top_k": 3, "opener_ratio": 0.4, "entropy_ratio": 0.3, **terms}
+    counts = _global_counts(student_BTV, mask_BT, options["opener_ratio"], options["entropy_ratio"])
+
+    def loss(rows, **kwargs):
+        if chunked:
+            return tsd_kd_loss_chunked(student_BTH[rows], student_VH, teacher_BTH[rows], teacher_VH, mask_BT[rows],
+                                       vocab_size=vocab, **options, **kwargs).loss
+        student_logits_BTV = student_BTH[rows] @ student_VH[:vocab].T
+        return tsd_kd_loss(student_logits_BTV, teacher_BTV[rows], mask_BT[rows], **options, **kwargs).loss
+
+    whole = loss(slice(None))
+    expected = ref.tsd_kd_loss_ref(student_BTV, teacher_BTV, mask_BT, **options)["loss"]
+    torch.testing.assert_close(whole, expected)
+    (whole_grad,) = torch.autograd.grad(whole, student_BTH)
+    for splits in ([slice(0, 3), slice(3, 6)], [slice(0, 1), slice(1, 4), slice(4, 6)]):
+        parts = [loss(rows, **counts) for rows in splits]
+        torch.testing.assert_close(sum(parts), whole)
+        torch.testing.assert_close(torch.autograd.grad(sum(parts), student_BTH)[0], whole_grad)
+        for rows, part in zip(splits, parts, strict=True):  # each part against the reference with the global counts
+            reference = ref.tsd_kd_loss_ref(student_BTV[rows], teacher_BTV[rows], mask_BT[rows], **options, **counts)
+            torch.testing.assert_close(part, reference["loss"])
+    halves = [loss(rows, num_processes=2, **counts) for rows in (slice(0, 3), slice(3, 6))]  # DDP averages
+    torch.testing.assert_close((halves[0] + halves[1]) / 2, whole)
+
+
+def test_tsd_kd_loss_logs_micro_batch_means_whatever_the_normalisers():
     student_BTV, teacher_BTV = torch.randn(2, 6, 7, dtype=F64), torch.randn(2, 6, 7, dtype=F64)
     mask_BT = _random_mask(2, 6)
-    local = tsd_kd_loss(student_BTV, teacher_BTV, mask_BT)
-    count = int(mask_BT.sum())
-    same = tsd_kd_loss(student_BTV, teacher_BTV, mask_BT, num_items_in_batch=count)
-    ddp = tsd_kd_loss(student_BTV, teacher_BTV, mask_BT, num_items_in_batch=torch.tensor(4 * count), num_processes=2)
-    torch.testing.assert_close(same.loss, local.loss)
-    torch.testing.assert_close(ddp.loss, local.loss / 2)  # this micro-batch is half of each process's tokens
-    torch.testing.assert_close(ddp.direct, local.direct / 2)
+    local = tsd_kd_loss(student_BTV, teacher_BTV, mask_BT, top_k=3)
+    counts = {"num_items_in_batch": 40, "num_opener_tokens": 9, "num_entropy_units": 5}
+    scaled = tsd_kd_loss(student_BTV, teacher_BTV, mask_BT, top_k=3, num_processes=2, **counts)
+    expected = ref.tsd_kd_loss_ref(student_BTV, teacher_BTV, mask_BT, top_k=3, num_processes=2, **counts)
+    for name in ("loss", "direct", "indirect", "entropy"):
+        torch.testing.assert_close(getattr(scaled, name), expected[name], msg=name)
+    for name in ("direct", "indirect", "entropy"):
+        assert scaled.metrics[name] == pytest.approx(local.metrics[name], rel=1e-12)
 
 
 def test_tsd_kd_loss_bf16_is_close_to_fp32():

@@ -13,8 +13,8 @@ METRICS = ("direct", "indirect", "entropy", "gate_mean", "opener_len")
 
 
 def make_trainer(tmp_path, student, teacher, tokenizer, config_cls=TSDKDConfig, trainer_cls=TSDKDTrainer, **overrides):
-    args = config_cls(output_dir=str(tmp_path), per_device_train_batch_size=4, max_new_tokens=12, max_length=128,
-                      **{**CPU_TRAINING, "max_steps": 2, **overrides})
+    args = config_cls(output_dir=str(tmp_path), max_new_tokens=12, max_length=128,
+                      **{**CPU_TRAINING, "max_steps": 2, "per_device_train_batch_size": 4, **overrides})
     return trainer_cls(model=student, teacher_model=teacher, args=args, train_dataset=toy_rows(),
                        processing_class=tokenizer)
 
@@ -90,6 +90,39 @@ def test_chunked_path_equals_full_logits(tmp_path, tiny_student, tiny_teacher, t
     for name in METRICS:
         key = f"tsd_kd/{name}"
         assert chunked._metrics["train"][key][-1] == pytest.approx(dense._metrics["train"][key][-1], rel=1e-4)
+
+
+@pytest.mark.parametrize("terms", [
+    pytest.param({"indirect_coef": 1.0, "entropy_coef": 0.0}, id="indirect"),
+    pytest.param({"indirect_coef": 0.0, "entropy_coef": 1.0}, id="entropy"),
+    pytest.param({"adaptive_opener": True, "loss_chunk_size": 0}, id="all-adaptive-logits"),
+])  # fmt: skip
+def test_loss_and_update_do_not_depend_on_the_per_device_batch(tmp_path, tokenizer, terms):
+    """Items 4 and 7 of the scale issue: 8 x 1, 4 x 2 and 2 x 4 (batch x accumulation) on one process give the same
+    loss and the same SGD update: each term is normalised over the whole global batch, not per micro-batch."""
+    from trl_reasoning_distill.toy.models import build_student, build_teacher
+
+    teacher = build_teacher(tokenizer, seed=2)
+    results = []
+    for batch, accumulation in ((8, 1), (4, 2), (2, 4)):
+        student = build_student(tokenizer, seed=1)
+        trainer = make_trainer(tmp_path / f"{batch}x{accumulation}", student, teacher, tokenizer, lmbda=0.0, top_k=3,
+                               per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                               max_steps=1, optim="sgd", learning_rate=1.0, max_grad_norm=0.0, **terms)
+        losses = []
+
+        def recorded(*args, _compute_loss=trainer.compute_loss, _losses=losses, **kwargs):
+            _losses.append(_compute_loss(*args, **kwargs))
+            return _losses[-1]
+
+        trainer.compute_loss = recorded
+        trainer.train()
+        results.append((sum(loss.item() for loss in losses), [p.detach().clone() for p in student.parameters()]))
+    (loss, weights), others = results[0], results[1:]
+    for other_loss, other_weights in others:
+        assert other_loss == pytest.approx(loss, abs=1e-6)
+        for actual, expected in zip(other_weights, weights, strict=True):
+            torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
 
 
 def test_paper_defaults(tmp_path):

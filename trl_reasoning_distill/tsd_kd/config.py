@@ -34,7 +34,8 @@ class TSDKDConfig(KDConfig):
         use_gate (`bool`, *optional*, defaults to `True`):
             Weight the direct loss per token by the entropy-gap gate; `False` weights every token 1.
         entropy_scope (`str`, *optional*, defaults to `"sequence"`):
-            `"sequence"`: top-ρ tokens of each response; `"batch"`: of the whole micro-batch.
+            `"sequence"`: top-ρ tokens of each response; `"batch"`: of the whole micro-batch (the selection is per
+            micro-batch, so unlike `"sequence"` it depends on the per-device batch size; the mean is global).
         reference_code_compat (`bool`, *optional*, defaults to `False`):
             Compute what the authors' released code computes (reversed PL denominator, batch-flattened exclusive
             opener, one ratio for both selections, top ~90 % entropy set, zero JSD at β ∈ {0, 1}).

@@ -16,7 +16,7 @@ token (D2); one ratio drives both selections (D3); its entropy set keeps the tok
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -27,6 +27,7 @@ from .selection import (
     _check_choice,
     _selections,
     adaptive_opener_ratio,
+    entropy_set_units,
     opener_mask,
     sample_entropy_gap,
     top_entropy_mask,
@@ -40,6 +41,7 @@ __all__ = [  # the selections live in `selection.py` and are part of this module
     "TSDKDOutput",
     "adaptive_opener_ratio",
     "entropy_gap_gate",
+    "entropy_set_units",
     "opener_mask",
     "plackett_luce_loss",
     "sample_entropy_gap",
@@ -121,29 +123,57 @@ def entropy_gap_gate(student_entropy: torch.Tensor, teacher_entropy: torch.Tenso
     return torch.sigmoid((student_entropy.detach() - teacher_entropy.detach()) / tau)
 
 
+def _normaliser(local_count: torch.Tensor, global_count, num_processes: int, dtype: torch.dtype) -> torch.Tensor:
+    """The factor turning a sum over this micro-batch into its part of a mean: `1 / local_count` (a micro-batch mean)
+    without `global_count`, else `num_processes / global_count`, this process's share of the global batch's mean
+    (see `divergence.global_token_mean`). A count of 0 gives a factor of 1 on an empty sum, so 0, not NaN."""
+    if global_count is None:
+        return 1.0 / local_count.to(dtype).clamp_min(1)
+    return num_processes / torch.as_tensor(global_count, device=local_count.device).to(dtype).clamp_min(1)
+
+
 def _entropy_coefficients(selected_BT: torch.Tensor, scope: str, dtype: torch.dtype) -> torch.Tensor:
-    """Per-token `c` with `L_ent = sum c · H` (Eq. 12): the mean over I per row, then over the rows with a selection;
-    `"batch"`: one mean over I. Zero off I."""
+    """Per-token `c` with `sum_I c · H` the sum of Eq. (12) over this micro-batch's units (`entropy_set_units`): the
+    mean over I of each row (`"sequence"`), or 1 per selected token (`"batch"`). Zero off I; divide by the units."""
     selected_BT = selected_BT.to(dtype)
     if scope == "batch":
-        return selected_BT / selected_BT.sum().clamp_min(1)
-    rows = (selected_BT.sum(dim=-1) > 0).sum().clamp_min(1)
-    return selected_BT / selected_BT.sum(dim=-1, keepdim=True).clamp_min(1) / rows
+        return selected_BT
+    return selected_BT / selected_BT.sum(dim=-1, keepdim=True).clamp_min(1)
 
 
-def _selective_entropy(entropy_BT: torch.Tensor, selected_BT: torch.Tensor, scope: str) -> torch.Tensor:
-    """Eq. (12) from the per-token coefficients of `_entropy_coefficients`."""
-    coefficients_BT = _entropy_coefficients(selected_BT, scope, entropy_BT.dtype)
+def _selective_entropy(entropy_BT: torch.Tensor, selected_BT: torch.Tensor, scope: str, factor) -> torch.Tensor:
+    """Eq. (12) from the per-token coefficients of `_entropy_coefficients`, times the units' normaliser `factor`."""
+    coefficients_BT = _entropy_coefficients(selected_BT, scope, entropy_BT.dtype) * factor
     return (torch.where(selected_BT, entropy_BT, 0.0) * coefficients_BT).sum()
+
+
+@dataclass
+class _Normalisers:
+    """Each term's factor (`_normaliser`) as used in the loss, and the one giving this micro-batch's own mean."""
+
+    used: dict[str, torch.Tensor]
+    local: dict[str, torch.Tensor]
+
+    @classmethod
+    def of(cls, counts: dict, global_counts: dict, num_processes: int, dtype: torch.dtype) -> "_Normalisers":
+        used = {name: _normaliser(counts[name], global_counts[name], num_processes, dtype) for name in counts}
+        local = {name: _normaliser(counts[name], None, num_processes, dtype) for name in counts}
+        return cls(used, local)
+
+    def mean(self, name: str, term: torch.Tensor) -> torch.Tensor:
+        """`term` (normalised by `used`) as this micro-batch's mean, detached, for logging."""
+        return term.detach() * (self.local[name] / self.used[name])
 
 
 @dataclass
 class TSDKDOutput:
     """
     Result of [`tsd_kd_loss`]. `loss`, `direct`, `indirect` and `entropy` are 0-dim tensors on the autograd graph,
-    with `loss = direct + entropy_coef · entropy + indirect_coef · indirect`; the rest are detached statistics:
-    `gate_mean` (mean gate over valid tokens, 1 without gate), `opener_len` (mean opener tokens per non-empty row),
-    `opener_frac` (opener / valid tokens) and `entropy_frac` (|I| / valid tokens).
+    with `loss = direct + entropy_coef · entropy + indirect_coef · indirect` (each term normalised as the call asked:
+    this micro-batch's mean, or its share of the global batch's); the rest are detached statistics: `gate_mean` (mean
+    gate over valid tokens, 1 without gate), `opener_len` (mean opener tokens per non-empty row), `opener_frac`
+    (opener / valid tokens) and `entropy_frac` (|I| / valid tokens). `micro_batch_means` holds the three terms as
+    this micro-batch's own means, which `metrics` reports.
     """
 
     loss: torch.Tensor
@@ -154,11 +184,14 @@ class TSDKDOutput:
     opener_len: torch.Tensor
     opener_frac: torch.Tensor
     entropy_frac: torch.Tensor
+    micro_batch_means: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, float]:
-        """Every field but `loss` as a Python float, for logging under `tsd_kd/<name>`."""
-        return {f.name: getattr(self, f.name).detach().item() for f in fields(self) if f.name != "loss"}
+        """Every statistic as a Python float, for logging under `tsd_kd/<name>`; the three terms as this micro-batch's
+        means, so that logged values do not depend on gradient accumulation or the number of processes."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("loss", "micro_batch_means")}
+        return {name: value.detach().item() for name, value in {**values, **self.micro_batch_means}.items()}
 
 
 def _check_loss_args(student_logits, teacher_logits, mask, opener_ratio, entropy_ratio, reference_code_compat):
@@ -198,16 +231,25 @@ def tsd_kd_loss(
     temperature: float = 1.0,
     reference_code_compat: bool = False,
     num_items_in_batch: int | torch.Tensor | None = None,
+    num_opener_tokens: int | torch.Tensor | None = None,
+    num_entropy_units: int | torch.Tensor | None = None,
     num_processes: int = 1,
+    selections: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> TSDKDOutput:
     """
     TSD-KD objective, Eq. (13): `L = L_direct + entropy_coef · L_ent + indirect_coef · L_indirect`.
 
     L_direct is the gated JSD mean over valid tokens (Eq. 11), L_indirect the mean PL loss over opener tokens
-    (Eq. 5 as a mean, spec §8 item 6), L_ent the selective entropy (Eq. 12). Defaults are the paper's (spec §3).
-    With `use_gate=False, indirect_coef=0, entropy_coef=0` the loss is exactly GKD's masked-mean generalized JSD.
-    With `num_items_in_batch`, the direct term is `sum · num_processes / num_items_in_batch` and the two mean terms
-    are scaled by the same token share `mask.sum() · num_processes / num_items_in_batch`.
+    (Eq. 5 as a mean, spec §8 item 6), L_ent the selective entropy (Eq. 12: per response, the mean over its set I,
+    then the mean over responses; scope `"batch"`: the mean over I). Defaults are the paper's (spec §3). With
+    `use_gate=False, indirect_coef=0, entropy_coef=0` the loss is exactly GKD's masked-mean generalized JSD.
+
+    Each mean runs over this micro-batch, or, given its global count, over the whole global batch (every accumulation
+    micro-batch on every process): the term is then `sum · num_processes / count`, this micro-batch's share, so the
+    summed (and process-averaged) loss and gradient are those of one large batch, whatever the per-device batch size.
+    The normalisers: `num_items_in_batch` valid tokens (direct), `num_opener_tokens` opener tokens (indirect) and
+    `num_entropy_units` units of I (entropy: responses with a non-empty I, or with scope `"batch"` selected tokens;
+    [`entropy_set_units`]).
 
     Args:
         student_logits (`torch.Tensor`):
@@ -244,9 +286,16 @@ def tsd_kd_loss(
             completion, so columns before the batch's first valid column count as prompt, the rest as the code's
             columns (padding included); its all-masked batch (NaN there) gives 0 here.
         num_items_in_batch (`int` or `torch.Tensor` or `None`, *optional*, defaults to `None`):
-            Loss-token count of the global batch; `None` normalises by this micro-batch.
+            Loss-token count of the global batch (direct term); `None` normalises by this micro-batch.
+        num_opener_tokens (`int` or `torch.Tensor` or `None`, *optional*, defaults to `None`):
+            Opener-token count of the global batch (indirect term); `None` normalises by this micro-batch.
+        num_entropy_units (`int` or `torch.Tensor` or `None`, *optional*, defaults to `None`):
+            Units of the entropy sets of the global batch (entropy term); `None` normalises by this micro-batch.
         num_processes (`int`, *optional*, defaults to `1`):
-            Data-parallel processes, used with `num_items_in_batch`.
+            Data-parallel processes, used with the global counts.
+        selections (`tuple[torch.Tensor, torch.Tensor]` or `None`, *optional*, defaults to `None`):
+            The opener and the entropy set I as bool `(B, T)` masks, chosen beforehand (the trainer chooses them
+            while counting the global batch); `None` chooses them here from the student's entropies.
 
     Returns:
         [`TSDKDOutput`]: The loss (float32, or float64 for float64 logits) and its terms.
@@ -254,14 +303,20 @@ def tsd_kd_loss(
     valid_BT = mask.bool()
     student_entropy_BT = entropy(student_logits, temperature)  # with gradient: L_ent differentiates it
     teacher_entropy_BT = entropy(teacher_logits.detach(), temperature)
-    if callable(opener_ratio):
+    if callable(opener_ratio) and selections is None:
         opener_ratio = opener_ratio(student_entropy_BT.detach(), teacher_entropy_BT)
     _check_loss_args(student_logits, teacher_logits, mask, opener_ratio, entropy_ratio, reference_code_compat)
     gate_BT = entropy_gap_gate(student_entropy_BT, teacher_entropy_BT, tau) if use_gate else None
     jsd_BT = _direct_per_token(student_logits, teacher_logits, beta, temperature, reference_code_compat)
     weighted_BT = jsd_BT if gate_BT is None else gate_BT * jsd_BT  # Eq. (11)
-    opener_BT, selected_BT = _selections(
+    opener_BT, selected_BT = selections if selections is not None else _selections(
         student_entropy_BT, valid_BT, opener_ratio, entropy_ratio, entropy_scope, reference_code_compat
+    )
+    scope = "batch" if reference_code_compat else entropy_scope  # the code: one mean over I, padding included
+    norms = _Normalisers.of(
+        {"direct": valid_BT.sum(), "indirect": opener_BT.sum(), "entropy": entropy_set_units(selected_BT, scope)},
+        {"direct": num_items_in_batch, "indirect": num_opener_tokens, "entropy": num_entropy_units},
+        num_processes, jsd_BT.dtype,
     )
     pl_N = plackett_luce_loss(
         student_logits[opener_BT] / temperature,
@@ -269,17 +324,14 @@ def tsd_kd_loss(
         top_k,
         denominator="preceding" if reference_code_compat else "remaining",
     )  # Eqs. (4)-(5)
-    indirect = masked_mean(pl_N, torch.ones_like(pl_N))
-    scope = "batch" if reference_code_compat else entropy_scope  # the code: one mean over I, padding included
-    entropy_term = _selective_entropy(student_entropy_BT, selected_BT, scope)  # Eq. (12)
+    indirect = pl_N.sum() * norms.used["indirect"]
+    entropy_term = _selective_entropy(student_entropy_BT, selected_BT, scope, norms.used["entropy"])  # Eq. (12)
     direct = global_token_mean(weighted_BT, valid_BT, num_items_in_batch, num_processes)
-    share = global_token_mean(torch.ones_like(jsd_BT.detach()), valid_BT, num_items_in_batch, num_processes)
-    indirect, entropy_term = indirect * share, entropy_term * share
     loss = direct + entropy_coef * entropy_term + indirect_coef * indirect  # Eq. (13)
-    return _output(loss, direct, indirect, entropy_term, gate_BT, opener_BT, selected_BT, valid_BT)
+    return _output(loss, direct, indirect, entropy_term, gate_BT, opener_BT, selected_BT, valid_BT, norms)
 
 
-def _output(loss, direct, indirect, entropy_term, gate_BT, opener_BT, selected_BT, valid_BT) -> TSDKDOutput:
+def _output(loss, direct, indirect, entropy_term, gate_BT, opener_BT, selected_BT, valid_BT, norms) -> TSDKDOutput:
     """Pack the terms and the detached logging statistics."""
     count = valid_BT.sum().clamp_min(1)
     nonempty_rows = valid_BT.any(dim=-1).sum().clamp_min(1)
@@ -293,6 +345,8 @@ def _output(loss, direct, indirect, entropy_term, gate_BT, opener_BT, selected_B
         opener_len=opener_BT.sum() / nonempty_rows,
         opener_frac=opener_BT.sum() / count,
         entropy_frac=selected_BT.sum() / count,
+        micro_batch_means={name: norms.mean(name, term)
+                           for name, term in (("direct", direct), ("indirect", indirect), ("entropy", entropy_term))},
     )
 
 
@@ -314,7 +368,10 @@ def tsd_kd_loss_chunked(
     entropy_scope: str = "sequence",
     temperature: float = 1.0,
     num_items_in_batch: int | torch.Tensor | None = None,
+    num_opener_tokens: int | torch.Tensor | None = None,
+    num_entropy_units: int | torch.Tensor | None = None,
     num_processes: int = 1,
+    selections: tuple[torch.Tensor, torch.Tensor] | None = None,
     chunk_size: int | None = None,
     vocab_size: int | None = None,
 ) -> TSDKDOutput:
@@ -362,7 +419,8 @@ def tsd_kd_loss_chunked(
     student_NH, teacher_NH = student_hidden.flatten(0, 1), teacher_hidden.detach().flatten(0, 1)
     heads = (student_NH, student_lm_head, teacher_NH, teacher_lm_head.detach())
     chunks = {"temperature": temperature, "chunk_size": chunk_size, "vocab_size": vocab_size}
-    per_token, share = _token_share(valid_BT, num_items_in_batch, num_processes, student_hidden.dtype)
+    dtype = torch.float64 if student_hidden.dtype == torch.float64 else torch.float32
+    per_token = _normaliser(valid_BT.sum(), num_items_in_batch, num_processes, dtype)
     # without the gate, τ = ∞ makes every gate exactly 0.5 (undone by the weights' factor 2, also exact), so that the
     # same fused pass still returns the teacher's entropies
     gate_tau, gate_factor = (tau, 1.0) if use_gate else (math.inf, 2.0)
@@ -372,31 +430,26 @@ def tsd_kd_loss_chunked(
     )  # Eq. (11)
     student_entropy_BT, teacher_entropy_BT = entropies_N2.unbind(dim=-1)
     student_entropy_BT, teacher_entropy_BT = student_entropy_BT.view(mask.shape), teacher_entropy_BT.view(mask.shape)
-    if callable(opener_ratio):
+    if callable(opener_ratio) and selections is None:
         opener_ratio = opener_ratio(student_entropy_BT, teacher_entropy_BT)
-    opener_BT, selected_BT = _selections(
+    opener_BT, selected_BT = selections if selections is not None else _selections(
         student_entropy_BT, valid_BT, opener_ratio, entropy_ratio, entropy_scope, reference_code_compat=False
     )
-    coefficients_N = share * _entropy_coefficients(selected_BT, entropy_scope, student_entropy_BT.dtype).flatten()
+    norms = _Normalisers.of(
+        {"direct": valid_BT.sum(), "indirect": opener_BT.sum(),
+         "entropy": entropy_set_units(selected_BT, entropy_scope)},
+        {"direct": num_items_in_batch, "indirect": num_opener_tokens, "entropy": num_entropy_units},
+        num_processes, dtype,
+    )
+    coefficients_N = norms.used["entropy"] * _entropy_coefficients(selected_BT, entropy_scope, dtype).flatten()
     entropy_term = chunked_distill_loss(
         *heads, torch.zeros_like(coefficients_N), mask=selected_BT.flatten(), entropy_weights=coefficients_N, **chunks
     )  # Eq. (12): only the rows of I are computed
     pl_N = _plackett_luce_on_rows(*heads, opener_BT.flatten(), top_k, temperature, chunk_size, vocab_size)
-    indirect = masked_mean(pl_N, torch.ones_like(pl_N)) * share
+    indirect = pl_N.sum() * norms.used["indirect"]
     loss = direct + entropy_coef * entropy_term + indirect_coef * indirect  # Eq. (13)
     gate_BT = entropy_gap_gate(student_entropy_BT, teacher_entropy_BT, tau) if use_gate else None
-    return _output(loss, direct, indirect, entropy_term, gate_BT, opener_BT, selected_BT, valid_BT)
-
-
-def _token_share(valid_BT: torch.Tensor, num_items_in_batch, num_processes: int, dtype: torch.dtype):
-    """(weight of one token, share of this micro-batch's tokens): `1 / count` and 1 for a micro-batch mean, or
-    `num_processes / num_items_in_batch` and `count` times it for the global batch's."""
-    dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    count = valid_BT.sum().to(dtype)
-    if num_items_in_batch is None:
-        return 1.0 / count.clamp_min(1), torch.ones((), dtype=dtype, device=valid_BT.device)
-    items = torch.as_tensor(num_items_in_batch, device=valid_BT.device).to(dtype).clamp_min(1)
-    return num_processes / items, count * num_processes / items
+    return _output(loss, direct, indirect, entropy_term, gate_BT, opener_BT, selected_BT, valid_BT, norms)
 
 
 def _plackett_luce_on_rows(student_NH, student_VH, teacher_NH, teacher_VH, rows_N, top_k, temperature, chunk, vocab):

@@ -114,6 +114,26 @@ def top_entropy_mask(
     return _top_fraction(student_entropy, valid_BT, ratio)
 
 
+def entropy_set_units(selected: torch.Tensor, scope: str = "sequence") -> torch.Tensor:
+    """
+    The units Eq. (12) averages over, for the normaliser of the entropy term: the responses with a non-empty set I
+    (`scope="sequence"`: a mean over I per response, then over responses), or the selected tokens (`"batch"`: one
+    mean over I). Summed over every micro-batch and process, it normalises the term over the global batch.
+
+    Args:
+        selected (`torch.Tensor`):
+            Bool tensor of shape `(B, T)`: the set I, e.g. from [`top_entropy_mask`].
+        scope (`str`, *optional*, defaults to `"sequence"`):
+            `"sequence"` or `"batch"`.
+
+    Returns:
+        `torch.Tensor`: 0-dim long tensor.
+    """
+    _check_choice("scope", scope, ENTROPY_SCOPES)
+    selected_BT = selected.bool()
+    return selected_BT.sum() if scope == "batch" else selected_BT.any(dim=-1).sum()
+
+
 def sample_entropy_gap(
     student_entropy: torch.Tensor, teacher_entropy: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:

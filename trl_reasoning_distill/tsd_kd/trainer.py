@@ -8,8 +8,14 @@ https://huggingface.co/papers/2603.13260
 Only `compute_loss` changes: both models run on the sampled responses, and `tsd_kd_loss_chunked` (from the last
 hidden states, the default) or `tsd_kd_loss` (full logits: `loss_chunk_size=0`, or `reference_code_compat`) does the
 maths. Unlike the
-authors' trainer (a copy of TRL 0.21's `GKDTrainer`), the loss is normalised over the global batch's loss tokens
-after generation (`num_items_in_batch`), so accumulation and DDP give the per-token mean of one large batch.
+authors' trainer (a copy of TRL 0.21's `GKDTrainer`, whose terms are per-micro-batch means, spec D7/D11/D13), every
+term is normalised over the whole global batch (every accumulation micro-batch on every process): the direct term
+over its loss tokens (`num_items_in_batch`), the indirect term over its opener tokens, the entropy term over its
+responses with a non-empty set I (or selected tokens, `entropy_scope="batch"`). The loss and the update are then those
+of one large batch, whatever the per-device batch size and the number of processes. The opener depends on the
+student's entropies, so with several micro-batches or processes `_count_loss_tokens` runs a no-grad student pass (and
+a teacher pass for the adaptive opener) over the step's samples first, chooses the selections there and counts them;
+the loss then uses those selections. With one micro-batch on one process there is nothing to count beforehand.
 """
 
 import textwrap
@@ -17,10 +23,14 @@ from collections import deque
 
 import torch
 
+from ..chunked import chunked_logits
+from ..divergence import entropy
 from ..kd_trainer import KDTrainer, last_hidden_state
 from .config import TSDKDConfig
 from .loss import TSDKDOutput, tsd_kd_loss, tsd_kd_loss_chunked
-from .selection import adaptive_opener_ratio, sample_entropy_gap
+from .selection import _selections, adaptive_opener_ratio, entropy_set_units, sample_entropy_gap, top_entropy_mask
+
+SELECTIONS, COUNTS = "tsd_kd_selections", "tsd_kd_counts"  # what `_count_loss_tokens` adds to each micro-batch
 
 
 class TSDKDTrainer(KDTrainer):
@@ -68,13 +78,87 @@ class TSDKDTrainer(KDTrainer):
             "indirect_coef": args.indirect_coef, "entropy_coef": args.entropy_coef, "tau": args.tau,
             "use_gate": args.use_gate, "entropy_scope": args.entropy_scope, "temperature": self.temperature,
             "num_items_in_batch": num_items_in_batch, "num_processes": self.accelerator.num_processes,
+            **(inputs.get(COUNTS, {}) if num_items_in_batch is not None else {}),
+            "selections": inputs.get(SELECTIONS) if num_items_in_batch is not None else None,
         }
         if args.loss_chunk_size == 0 or args.reference_code_compat:
             out = self._logits_loss(model, model_inputs, mask_BT, terms)
         else:
             out = self._chunked_loss(model, model_inputs, mask_BT, terms)
-        self._log_terms(out.metrics, mask_BT, num_items_in_batch)
+        for name, value in out.metrics.items():  # the terms as this micro-batch's means
+            self.log_metric(name, value)
         return (out.loss, {}) if return_outputs else out.loss
+
+    # --- global normalisers: counted over the step's micro-batches and processes -----------------------------------
+
+    def _count_loss_tokens(self, batches: list[dict], device) -> torch.Tensor:
+        """`num_items_in_batch`, after adding to every micro-batch the global batch's opener-token and entropy-unit
+        counts (`COUNTS`) and, where the opener or the released code's entropy set needs the student's entropies,
+        the selections they count (`SELECTIONS`), chosen by a no-grad pass over the step's samples."""
+        count = super()._count_loss_tokens(batches, device)
+        if len(batches) == 1 and self.accelerator.num_processes == 1:
+            return count  # the loss's own micro-batch is the global batch
+        args = self.args
+        masks = [batch["labels"][:, 1:] != -100 for batch in batches]
+        if args.indirect_coef > 0 or (args.reference_code_compat and args.entropy_coef > 0):
+            selections = self._choose_selections(batches, masks)
+            for batch, chosen in zip(batches, selections, strict=True):
+                batch[SELECTIONS] = chosen
+            names = ("num_opener_tokens", "num_entropy_units")
+        else:  # the opener is unused (the indirect term stays a micro-batch mean, weighted 0); I's size follows
+            # from the masks, whatever the entropies (ties go by position)
+            selections = [(top_entropy_mask(mask_BT.float(), mask_BT, args.entropy_ratio, scope=args.entropy_scope),)
+                          for mask_BT in masks]
+            names = ("num_entropy_units",)
+        scope = "batch" if args.reference_code_compat else args.entropy_scope
+        local = torch.stack([torch.stack([*(opener_BT.sum() for opener_BT in chosen[:-1]),
+                                          entropy_set_units(chosen[-1], scope)])
+                             for chosen in selections]).sum(dim=0).to(device)
+        if self.accelerator.num_processes > 1:
+            local = self.accelerator.gather(local).view(-1, len(names)).sum(dim=0)
+        for batch in batches:
+            batch[COUNTS] = dict(zip(names, local, strict=True))
+        return count
+
+    @torch.no_grad()
+    def _choose_selections(self, batches: list[dict], masks: list[torch.Tensor]) -> list[tuple]:
+        """(opener, entropy set I) of each micro-batch from the student's token entropies, computed as the loss
+        computes them (from the last hidden states, or full logits with `loss_chunk_size=0` / the released code). The
+        adaptive opener draws its ratios from one call over the step's samples, in order, as one micro-batch would."""
+        args = self.args
+        entropies = [self._token_entropies(batch, mask_BT) for batch, mask_BT in zip(batches, masks, strict=True)]
+        ratios = [args.opener_ratio] * len(batches)
+        if args.adaptive_opener:
+            gaps = [sample_entropy_gap(student_BT, teacher_BT, mask_BT)
+                    for (student_BT, teacher_BT), mask_BT in zip(entropies, masks, strict=True)]
+            history_H = torch.tensor(list(self.gap_history), dtype=torch.float64) if self.gap_history else None
+            ratio_B = adaptive_opener_ratio(torch.cat(gaps), history_H, window=args.adaptive_window)
+            self.gap_history.extend(torch.cat([gap_B[mask_BT.any(dim=-1)] for gap_B, mask_BT in zip(gaps, masks)])
+                                    .tolist())
+            self.log_metric("opener_ratio", ratio_B.mean().item(), mode="train")
+            ratios = ratio_B.to(masks[0].device).split([mask_BT.shape[0] for mask_BT in masks])
+        return [_selections(student_BT, mask_BT, ratio, args.entropy_ratio, args.entropy_scope,
+                            args.reference_code_compat)
+                for (student_BT, _), mask_BT, ratio in zip(entropies, masks, ratios, strict=True)]
+
+    def _token_entropies(self, batch: dict, mask_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Student (and, for the adaptive opener, teacher) token entropies `(B, T-1)` at the loss's temperature: on
+        every position from full logits, on the loss tokens only (0 elsewhere) from the last hidden states."""
+        model_inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        models = [self.model_wrapped] + ([self.teacher_model] if self.args.adaptive_opener else [])
+        if self.args.loss_chunk_size == 0 or self.args.reference_code_compat:
+            values = [entropy(model(**model_inputs).logits[:, :-1, : self.vocab_size], self.temperature)
+                      for model in models]
+        else:
+            chunk_size = self.args.loss_chunk_size if self.args.loss_chunk_size > 0 else None
+            values = []
+            for model in models:
+                hidden_RH = last_hidden_state(model, model_inputs)[mask_BT]
+                chunks = chunked_logits(hidden_RH, self.output_weight(model), chunk_size=chunk_size,
+                                        vocab_size=self.vocab_size)
+                entropy_R = torch.cat([entropy(logits_CV, self.temperature) for logits_CV in chunks])
+                values.append(entropy_R.new_zeros(mask_BT.shape).index_put_((mask_BT,), entropy_R))
+        return values[0], (values[1] if len(values) > 1 else None)
 
     def _logits_loss(self, model, model_inputs: dict, mask_BT: torch.Tensor, terms: dict) -> TSDKDOutput:
         """`tsd_kd_loss` on both models' full `(B, T, V)` logits (`loss_chunk_size=0`, or the released code's loss)."""
@@ -112,11 +196,3 @@ class TSDKDTrainer(KDTrainer):
             return ratio_B
 
         return adaptive
-
-    def _log_terms(self, metrics: dict[str, float], mask_BT: torch.Tensor, num_items_in_batch) -> None:
-        """Log every term as this micro-batch's mean: undo the global-batch share the loss terms carry, so the
-        logged values do not shrink with gradient accumulation or the number of processes."""
-        count = mask_BT.sum().item() * self.accelerator.num_processes
-        scale = 1.0 if num_items_in_batch is None or count == 0 else float(num_items_in_batch) / count
-        for name, value in metrics.items():
-            self.log_metric(name, value * scale if name in ("direct", "indirect", "entropy") else value)
