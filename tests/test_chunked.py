@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from trl_reasoning_distill.chunked import (
+    chunked_cross_entropy,
     chunked_distill_loss,
     chunked_distill_loss_topk,
     chunked_logits,
@@ -450,3 +451,38 @@ def test_default_buffers_are_sized_to_the_work(monkeypatch, rows, expected):
     shapes.clear()
     chunked_distill_loss(student_NH, student_VH, teacher_NH, teacher_VH)
     assert shapes == [(min(expected, 7), V)]
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 4, 64])
+def test_chunked_cross_entropy_equals_full_logit_cross_entropy(chunk_size):
+    """Value and gradients (hidden, head, weights) in float64 against `F.cross_entropy` of the full logits, on the
+    first `vocab_size` head rows; rows of the ignored label -100 are never read."""
+    import torch.nn.functional as F
+
+    hidden_NH = torch.randn(N, H, dtype=torch.float64).requires_grad_()
+    head_VH = torch.randn(V + 3, H, dtype=torch.float64).requires_grad_()
+    targets_N = torch.randint(0, V, (N,))
+    weights_N = torch.rand(N, dtype=torch.float64).requires_grad_()
+    mask_N = torch.arange(N) % 4 != 1
+    targets_N[~mask_N] = -100
+    loss = chunked_cross_entropy(hidden_NH, head_VH, targets_N, weights_N, temperature=1.3,
+                                 chunk_size=chunk_size, vocab_size=V)
+    logits_NV = hidden_NH @ head_VH[:V].T / 1.3
+    nll_N = F.cross_entropy(logits_NV, targets_N, reduction="none", ignore_index=-100)
+    expected = (nll_N * weights_N * mask_N).sum()
+    torch.testing.assert_close(loss, expected)
+    for actual, grad in zip(torch.autograd.grad(loss, (hidden_NH, head_VH, weights_N)),
+                            torch.autograd.grad(expected, (hidden_NH, head_VH, weights_N)), strict=True):
+        torch.testing.assert_close(actual, grad)
+
+
+def test_chunked_cross_entropy_checks_its_targets():
+    hidden_NH, head_VH = torch.randn(3, H), torch.randn(V, H)
+    with pytest.raises(ValueError, match="targets"):
+        chunked_cross_entropy(hidden_NH, head_VH, torch.tensor([0, V, 1]))
+    with pytest.raises(ValueError, match="targets"):
+        chunked_cross_entropy(hidden_NH, head_VH, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="targets"):
+        chunked_cross_entropy(hidden_NH, head_VH, torch.tensor([0, -1, 1]))
+    zero = chunked_cross_entropy(hidden_NH, head_VH, torch.tensor([V + 5, -100, 1]), torch.tensor([0.0, 1.0, 0.0]))
+    assert zero.item() == 0.0  # weight-0 rows and ignored rows are never read

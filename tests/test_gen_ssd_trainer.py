@@ -142,3 +142,25 @@ def test_refuses_a_dataset_without_answers_and_a_foreign_config(tmp_path, tokeni
     with pytest.raises(ValueError, match="GenSSDConfig"):
         GenSSDTrainer(model=tiny_student, teacher_model=tiny_teacher, args=KDConfig(output_dir=str(tmp_path)),
                       train_dataset=_data(), processing_class=tokenizer)
+
+
+def test_nll_from_hidden_states_equals_the_full_logit_nll(tmp_path, tokenizer):
+    """`objective="nll"` through `chunked_cross_entropy` (the default) gives the full-logit loss
+    (`loss_chunk_size=0`) and its gradient, on sampled trajectories."""
+    trainer = GenSSDTrainer(model=load_toy_student(), teacher_model=load_toy_teacher(),
+                            args=_config(tmp_path, keep_only_correct=False, loss_chunk_size=7),
+                            train_dataset=_data(2), processing_class=tokenizer)
+    torch.manual_seed(0)
+    batch = trainer._sample_completions(_batch(trainer, [0, 1]))
+    results = []
+    for chunk in (7, 0):
+        trainer.args.loss_chunk_size = chunk
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=torch.tensor(40))
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in trainer.model.parameters()]))
+    (chunked, chunked_grads), (full, full_grads) = results
+    assert full > 0
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-6)
+    for actual, expected in zip(chunked_grads, full_grads, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6)

@@ -148,6 +148,18 @@ def _dense_chunk(teacher_hidden_RH, teacher_head_VH, spec, rows, logits_CV, work
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _nll_chunk(targets_R, spec, rows, logits_CV, workspace, coef_C, entropy_coef_C):
+    """One chunk of the cross-entropy `-log q(target)`; its logit gradient is `coef · (q - onehot(target))`."""
+    q_CV = workspace.take(1, logits_CV.shape[0])
+    _log_softmax_(logits_CV, q_CV)  # logits_CV now holds log q
+    targets_C1 = targets_R[rows].unsqueeze(1)
+    value_C = -logits_CV.gather(1, targets_C1).squeeze(1)
+    if coef_C is None:
+        return value_C, None, None
+    grad_CV = q_CV.mul_(coef_C.unsqueeze(1))
+    return value_C, None, grad_CV.scatter_add_(1, targets_C1, -coef_C.unsqueeze(1))
+
+
 def _topk_chunk(ids_RK, logprobs_RK, tail, spec, rows, logits_CV, workspace, coef_C, entropy_coef_C):
     """One chunk against a cached top-k teacher. `coef_C is None`: values only, no gradient."""
     q_CV, ids_CK = workspace.take(1, logits_CV.shape[0]), ids_RK[rows]
@@ -534,6 +546,59 @@ def chunked_distill_loss_topk(
         student_hidden, student_lm_head, index_R, chunk_fn, spec, token_weights, entropy_weights, reduction
     )
     return _outputs(loss, entropy_N, return_entropy)
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor,
+    lm_head: torch.Tensor,
+    targets: torch.Tensor,
+    token_weights: torch.Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    vocab_size: int | None = None,
+) -> torch.Tensor:
+    """
+    Weighted cross-entropy `sum_i w_i · -log softmax(hidden[i] @ lm_head[:vocab_size].T / T)[targets[i]]` (the NLL
+    of SFT), `chunk_size` tokens at a time, without the `[N, V]` logits: the chunk loop and fused gradient of
+    [`chunked_distill_loss`], with two `[C, V]` buffers (the default `C` as there).
+
+    Args:
+        hidden (`torch.Tensor`):
+            Final hidden states of shape `[N, H]`.
+        lm_head (`torch.Tensor`):
+            Output embedding of shape `[V, H]`.
+        targets (`torch.Tensor`):
+            Long tensor of shape `[N]`: the target token of each row, in `[0, vocab_size)` or `ignore_index`.
+        token_weights (`torch.Tensor` or `None`, *optional*, defaults to `None`):
+            Per-token weights `w` of shape `[N]` (e.g. a 0/1 loss mask); `None` means all ones. Rows with `w_i = 0`
+            are skipped, unless a weight requires grad.
+        ignore_index (`int`, *optional*, defaults to `-100`):
+            Target of the rows that are never computed (0 loss, 0 gradient), as in `torch.nn.functional.cross_entropy`.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Divides the logits.
+        chunk_size (`int` or `None`, *optional*, defaults to `None`):
+            Tokens per chunk, as in [`chunked_distill_loss`].
+        vocab_size (`int` or `None`, *optional*, defaults to `None`):
+            Use only the first `vocab_size` rows of `lm_head` (padded embedding rows dropped); `None`: all.
+
+    Returns:
+        `torch.Tensor`: 0-dim sum (float32; float64 for float64 inputs), with gradients for `hidden`, `lm_head` and
+        the weights where they require them.
+    """
+    per_token = {"targets": targets, "token_weights": token_weights}
+    _check_arguments(hidden, lm_head, per_token, None, "generalized_jsd", 0.5, 0.1)
+    _check_settings(temperature, "sum", chunk_size, None)
+    vocab = _shared_vocab_size(lm_head.shape[0], lm_head.shape[0], vocab_size)
+    spec = _make_spec(hidden, "generalized_jsd", 0.5, 0.1, temperature, vocab, chunk_size, False)
+    index_R = _computed_rows(hidden.shape[0], hidden.device, targets != ignore_index, token_weights, None, False)
+    targets_R = targets.index_select(0, index_R).long()
+    if targets_R.numel() and not bool(((targets_R >= 0) & (targets_R < vocab)).all()):
+        raise ValueError(f"`targets` must be token ids in [0, {vocab}) or ignore_index={ignore_index}.")
+    chunk_fn = partial(_nll_chunk, targets_R, spec)
+    loss, _ = _reduce(hidden, lm_head, index_R, chunk_fn, spec, token_weights, None, "sum")
+    return loss
 
 
 def _check_topk(student_lm_head, ids_NK, logprobs_NK, vocab_size, tail) -> int:

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from .._trl import unwrap_model_for_generation
+from ..chunked import chunked_cross_entropy
 from ..generation import Generator
-from ..kd_trainer import AnswerCollator, KDTrainer
+from ..kd_trainer import AnswerCollator, KDTrainer, last_hidden_state
 from ..validation import check_dataset_rows
 from ..verify import extract_answer, grade
 from .config import GenSSDConfig
@@ -160,10 +161,19 @@ class GenSSDTrainer(KDTrainer):
     # --- loss ------------------------------------------------------------------------------------------------------
 
     def weighted_loss_sum(self, model, inputs: dict, weights_BT: torch.Tensor) -> torch.Tensor:
-        """`objective="nll"`: `Σ_t w_t · -log P_S(y_t | x, y_<t)` (Eq. 1; fp32 log-softmax); `"kd"`: KDTrainer's."""
+        """`objective="nll"`: `Σ_t w_t · -log P_S(y_t | x, y_<t)` (Eq. 1) over the tokenizer's vocabulary rows, by
+        `chunked_cross_entropy` from the last hidden states (fp32, never the `[tokens, vocab]` logits), or from full
+        logits with `loss_chunk_size=0`; `"kd"`: KDTrainer's."""
         if self.args.objective == "kd":
             return super().weighted_loss_sum(model, inputs, weights_BT)
-        logits_BTV = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1]
+        model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
         targets_BT = inputs["input_ids"][:, 1:]
-        nll_BT = F.cross_entropy(logits_BTV.float().flatten(0, 1), targets_BT.flatten(), reduction="none")
-        return (nll_BT.view_as(weights_BT) * weights_BT).sum()
+        if self.args.loss_chunk_size == 0:
+            logits_BTV = model(**model_inputs).logits[:, :-1, : self.vocab_size]
+            nll_BT = F.cross_entropy(logits_BTV.float().flatten(0, 1), targets_BT.flatten(), reduction="none")
+            return (nll_BT.view_as(weights_BT) * weights_BT).sum()
+        return chunked_cross_entropy(
+            last_hidden_state(model, model_inputs).flatten(0, 1), self.output_weight(model), targets_BT.flatten(),
+            weights_BT.flatten(), chunk_size=self.args.loss_chunk_size if self.args.loss_chunk_size > 0 else None,
+            vocab_size=self.vocab_size,
+        )
