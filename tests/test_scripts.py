@@ -227,3 +227,19 @@ def test_subcommand_help_shows_defaults_and_options(command, shown, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main([command, "--help"])
     assert stop.value.code == 0 and shown in capsys.readouterr().out
+
+
+def test_trl_script_arguments_are_used_not_ignored(tmp_path):
+    """--dataset_streaming is refused (map-style data only), --eval_strategy takes the evaluation split as TRL's
+    scripts do (here --eval_dataset_name, a toy spec having one split), --ignore_bias_buffers reaches the model."""
+    base = ["--dataset_name", "toy:train:8", "--eval_dataset_name", "", "--output_dir", str(tmp_path), "--max_steps",
+            "1", "--per_device_train_batch_size", "4", "--max_new_tokens", "8"]
+    with pytest.raises(ValueError, match="--dataset_streaming"):
+        run_script("gkd", [*base, "--dataset_streaming", "true"], prog="gkd.py")
+    with pytest.raises(ValueError, match="--eval_dataset_name"):
+        run_script("gkd", [*base, "--eval_strategy", "steps"], prog="gkd.py")
+    trainer = run_script("gkd", [*base[:2], "--eval_dataset_name", "toy:test:4", *base[4:], "--eval_strategy",
+                                 "steps", "--eval_steps", "1", "--ignore_bias_buffers", "true",
+                                 "--eval_max_new_tokens", "8"], prog="gkd.py")
+    assert len(trainer.eval_dataset) == 4 and any("eval_loss" in log for log in trainer.state.log_history)
+    assert hasattr(trainer.model, "_ddp_params_and_buffers_to_ignore")

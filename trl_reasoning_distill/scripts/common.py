@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from .._trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config  # noqa: E402
-from ..loading import MissingResourceError, load_dataset_spec, load_model_and_tokenizer  # noqa: E402
+from ..loading import DATA_SUFFIXES, MissingResourceError, load_dataset_spec, load_model_and_tokenizer  # noqa: E402
 
 __all__ = ["ModelConfig", "get_peft_config"]
 
@@ -154,8 +154,35 @@ def load_teacher(name: str | None, model_args: ModelConfig, config=None, trust_r
 def load_train_data(script_args: DistillScriptArguments, hint: str | None = None):
     if not script_args.dataset_name:
         raise ValueError("no training data: --dataset_name <hub id, file or toy:<split>:<n>>.")
+    if script_args.dataset_streaming:
+        raise ValueError("--dataset_streaming: these trainers need a map-style data set (row checks before compute, "
+                         "resumable per-row sampling); drop the flag.")
     return load_dataset_spec(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split,
                              hint=hint)
+
+
+def load_trainer_eval_data(script_args: DistillScriptArguments, config):
+    """The trainer's evaluation set when `--eval_strategy` is not "no", as TRL's scripts take it: the
+    `--dataset_test_split` of `--dataset_name` (a toy spec or a single file has one split: `--eval_dataset_name`)."""
+    if str(getattr(config.eval_strategy, "value", config.eval_strategy)) == "no":
+        return None
+    single = script_args.dataset_name.startswith("toy:") or script_args.dataset_name.endswith(DATA_SUFFIXES)
+    if single and not script_args.eval_dataset_name:
+        raise ValueError(f"--eval_strategy {config.eval_strategy}: {script_args.dataset_name} has one split; name the "
+                         "evaluation data with --eval_dataset_name.")
+    if single:
+        return load_dataset_spec(script_args.eval_dataset_name, split=script_args.dataset_test_split)
+    return load_dataset_spec(script_args.dataset_name, script_args.dataset_config, script_args.dataset_test_split)
+
+
+def ignore_bias_buffers(model, script_args: DistillScriptArguments):
+    """TRL's `--ignore_bias_buffers` (its DPO script): DDP skips the boolean buffers (attention masks)."""
+    if script_args.ignore_bias_buffers:
+        import torch
+
+        model._ddp_params_and_buffers_to_ignore = [name for name, buffer in model.named_buffers()
+                                                   if buffer.dtype == torch.bool]
+    return model
 
 
 def load_eval_data(script_args: DistillScriptArguments):
@@ -205,14 +232,19 @@ def train_kd(trainer_cls, tag: str, label: str, script_args, config, model_args,
     check_model_args(model_args)
     train = load_train_data(script_args, hint) if train_data is None else train_data
     train = train.select_columns([c for c in columns if c in train.column_names])
+    eval_dataset = load_trainer_eval_data(script_args, config)
+    if eval_dataset is not None:
+        eval_dataset = eval_dataset.select_columns([c for c in train.column_names if c in eval_dataset.column_names])
     eval_rows = load_eval_data(script_args)
     student, tokenizer = load_student(model_args, config.trust_remote_code)
+    ignore_bias_buffers(student, script_args)
     teacher, _ = load_teacher(config.teacher_model_name_or_path, model_args, config, config.trust_remote_code)
     accuracy(student, tokenizer, eval_rows, script_args, "student before")
     if callable(trainer_kwargs.get("train_dataset")):  # data made from the loaded models (VCRD's offline rollouts)
         train = trainer_kwargs.pop("train_dataset")(student, teacher, tokenizer, train)
     trainer = trainer_cls(model=student, teacher_model=teacher, args=config, train_dataset=train,
-                          processing_class=tokenizer, peft_config=get_peft_config(model_args), **trainer_kwargs)
+                          eval_dataset=eval_dataset, processing_class=tokenizer,
+                          peft_config=get_peft_config(model_args), **trainer_kwargs)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     save(trainer, config.output_dir, script_args, tag)
     accuracy(trainer.model, tokenizer, eval_rows, script_args, f"student after {label}")

@@ -74,7 +74,7 @@ def train(script_args, teacher_args: TeacherArguments, rounds, config, model_arg
 
     from ..cotd_po import TeacherRationales, run_rounds
     from ..utils import tune_cpu_allocator
-    from .common import accuracy, load_eval_data, load_student, load_teacher, load_train_data
+    from .common import accuracy, ignore_bias_buffers, load_eval_data, load_student, load_teacher, load_train_data
 
     if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:
         raise ValueError("CoTD-PO's rounds fine-tune every weight (paper §3): drop --use_peft / --load_in_4bit / "
@@ -85,6 +85,7 @@ def train(script_args, teacher_args: TeacherArguments, rounds, config, model_arg
     pool = load_train_data(script_args, HINT)
     eval_rows = load_eval_data(script_args)
     student, tokenizer = load_student(model_args, config.trust_remote_code)
+    ignore_bias_buffers(student, script_args)
     needs_teacher = teacher_args.scorer == "teacher-logprob" or (
         config.use_teacher_rationale and "rationale" not in pool.column_names)
     teacher, teacher_tokenizer = (load_teacher(teacher_args.teacher_model_name_or_path, model_args, None,

@@ -118,6 +118,7 @@ def train(script_args, config, model_args, pipeline: PipelineArguments, engine: 
         accuracy,
         check_model_args,
         get_peft_config,
+        ignore_bias_buffers,
         load_eval_data,
         load_student,
         load_train_data,
@@ -130,6 +131,7 @@ def train(script_args, config, model_args, pipeline: PipelineArguments, engine: 
     train = load_train_data(script_args, HINT)
     eval_rows = load_eval_data(script_args)
     student, tokenizer = load_student(model_args, config.trust_remote_code)
+    ignore_bias_buffers(student, script_args)
     student = student.to("cuda") if torch.cuda.is_available() and getattr(student, "hf_device_map", None) is None \
         else student
     teacher = load_teacher(config, model_args, pipeline, tokenizer, engine)

@@ -32,6 +32,7 @@ def train(script_args, config, model_args, teacher_args, sampling: SamplingArgum
         accuracy,
         check_model_args,
         get_peft_config,
+        ignore_bias_buffers,
         load_eval_data,
         load_student,
         load_teacher,
@@ -43,6 +44,7 @@ def train(script_args, config, model_args, teacher_args, sampling: SamplingArgum
     prompts = load_train_data(script_args)
     eval_rows = load_eval_data(script_args)
     student, tokenizer = load_student(model_args, config.trust_remote_code)
+    ignore_bias_buffers(student, script_args)
     teacher, _ = load_teacher(teacher_args.teacher_model_name_or_path, model_args, None, config.trust_remote_code)
     accuracy(student, tokenizer, eval_rows, script_args, "student before")
     data = rejection_sample(teacher, tokenizer, prompts, n=sampling.samples_per_prompt,
