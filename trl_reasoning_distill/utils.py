@@ -41,3 +41,23 @@ def quiet_cpu_run(threads: int = 1) -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars of every model load
     logging.getLogger("trl").setLevel(logging.ERROR)  # e.g. GKDTrainer's advice to migrate, once per run
+
+
+def quiet_notebook(threads: int = 1) -> None:
+    """Set up a notebook on the toy models: `quiet_cpu_run(threads)`, and silence three messages that are not about
+    the notebook's code. Call it before anything imports transformers.
+
+    - tqdm's "IProgress not found" `TqdmWarning` where ipywidgets is not installed (bars fall back to text);
+    - transformers' `FutureWarning` on `is_gradient_checkpointing`, which TRL 1.16 reads at every on-policy generation;
+    - DeepSpeed's "Setting accelerator to CPU" at import (`DS_ACCELERATOR=cpu` unless set): the notebooks train on the
+      CPU (`use_cpu=True`).
+
+    Errors, and warnings about the notebook's own settings, still show.
+    """
+    import os
+    import warnings
+
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    quiet_cpu_run(threads)
