@@ -432,22 +432,22 @@ def test_default_chunk_size_keeps_one_buffer_at_256_mib():
 def test_default_buffers_are_sized_to_the_work(monkeypatch, rows, expected):
     """Without `chunk_size`, the four `[C, V]` buffers hold at most one `[R, V]` tensor (C <= ceil(R / 4)), in equal
     chunks; a larger V still caps C at the 256 MiB default. The loss is unchanged."""
-    import trl_reasoning_distill.chunked as chunked
+    import trl_reasoning_distill._chunk_driver as driver
 
     shapes = []
 
-    class Recording(chunked._Workspace):
+    class Recording(driver._Workspace):
         def __init__(self, *args):
             super().__init__(*args)
             shapes.append(self.shape)
 
     student_NH, student_VH, teacher_NH, teacher_VH = _inputs(num=rows)[:4]
     expected_loss = chunked_distill_loss(student_NH, student_VH, teacher_NH, teacher_VH, chunk_size=rows)
-    monkeypatch.setattr(chunked, "_Workspace", Recording)
+    monkeypatch.setattr(driver, "_Workspace", Recording)
     loss = chunked_distill_loss(student_NH, student_VH, teacher_NH, teacher_VH)
     assert shapes == [(expected, V)]
     torch.testing.assert_close(loss, expected_loss)
-    monkeypatch.setattr(chunked, "_BUFFER_ELEMENTS", 7 * V)  # the 256 MiB cap, at a small scale
+    monkeypatch.setattr(driver, "_BUFFER_ELEMENTS", 7 * V)  # the 256 MiB cap, at a small scale
     shapes.clear()
     chunked_distill_loss(student_NH, student_VH, teacher_NH, teacher_VH)
     assert shapes == [(min(expected, 7), V)]

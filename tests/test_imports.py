@@ -58,7 +58,8 @@ def all_modules() -> dict[str, Path]:
 
 
 def pure_modules() -> dict[str, Path]:
-    paths = {PACKAGE_DIR / name for name in ("divergence.py", "chunked.py", "_chunk_math.py", "_checks.py")}
+    paths = {PACKAGE_DIR / name for name in ("divergence.py", "chunked.py", "_chunk_math.py", "_chunk_driver.py",
+                                            "_checks.py")}
     paths |= set((PACKAGE_DIR / "verify").rglob("*.py"))
     paths |= set(PACKAGE_DIR.rglob("loss.py")) | set(PACKAGE_DIR.rglob("selection.py"))
     paths |= {PACKAGE_DIR / name for name in PURE_PARTS}

@@ -1,6 +1,7 @@
 """Per-chunk maths of `chunked.py`, in place on `[C, V]` buffers: log-softmax, each divergence's value and its
 gradient w.r.t. the log-probabilities, the logit gradient, the projections through the LM heads, and the top-k
-teacher's buckets. `q` is the student distribution, `p` the teacher's (both tempered).
+teacher's buckets, and each loss term as a chunk function of `_chunk_driver.py` (`_dense_chunk`, `_nll_chunk`,
+`_topk_chunk`). `q` is the student distribution, `p` the teacher's (both tempered).
 
 Each `_*_terms(logq, q, logp, p, spec)` returns `(value_C, a_CV, a_scale, a_sum_C)`: the per-token divergence and
 `a = a_scale · a_CV = d divergence / d log q` (with `a_sum_C = sum_v a`), from which the gradient w.r.t. the logits is
@@ -11,6 +12,8 @@ entropy's gradient then uses as scratch.
 import math
 
 import torch
+
+from .divergence import per_token_divergence
 
 
 def _log_softmax_(logits_CV: torch.Tensor, probs_CV: torch.Tensor) -> None:
@@ -175,3 +178,69 @@ def _topk_logit_grad_(logq_CV, q_CV, ids_CK, gamma_CB, tail_C, entropy_coef_C, e
         grad_CV.mul_(q_CV)
     topk_CK = gamma_CB[:, :-1] - q_CV.gather(1, ids_CK) * tail_rate_C.unsqueeze(1)
     return grad_CV.scatter_add_(1, ids_CK, topk_CK)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loss terms as chunk functions of `_chunk_driver._chunk_loop`: a dense teacher, the cross-entropy, and
+# a teacher given as cached top-k log-probabilities: the divergence is taken between the K + 1 "buckets" (each top-k
+# token, then all other tokens together), on which `divergence.py` runs directly with autograd, since K is small.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+
+def _dense_chunk(teacher_hidden_RH, teacher_head_VH, spec, rows, logits_CV, workspace, coef_C, entropy_coef_C):
+    """One chunk against a teacher given by hidden states and lm_head. `coef_C is None`: values only, no gradient."""
+    num = logits_CV.shape[0]
+    teacher_CV, q_CV, p_CV = (workspace.take(index, num) for index in (1, 2, 3))
+    _project(teacher_CV, teacher_hidden_RH[rows], teacher_head_VH, spec.temperature)
+    _log_softmax_(logits_CV, q_CV)
+    _log_softmax_(teacher_CV, p_CV)
+    entropy_C = -_rowdot(q_CV, logits_CV) if spec.with_entropy else None
+    entropies_C = entropy_C
+    if spec.gate_tau is not None:  # the detached gate σ((H_s - H_t) / τ) scales the token's divergence (TSD-KD Eq. 11)
+        teacher_entropy_C = -_rowdot(p_CV, teacher_CV)
+        gate_C = torch.sigmoid((entropy_C - teacher_entropy_C) / spec.gate_tau)
+        coef_C = None if coef_C is None else coef_C * gate_C
+        entropies_C = torch.stack([entropy_C, teacher_entropy_C], dim=-1)
+    value_C, a_CV, a_scale, a_sum_C = _TERMS[spec.divergence](logits_CV, q_CV, teacher_CV, p_CV, spec)
+    if spec.gate_tau is not None:
+        value_C = value_C * gate_C
+    if coef_C is None:
+        return value_C, entropies_C, None
+    grad_CV = _dense_logit_grad_(a_CV, a_scale, a_sum_C, q_CV, coef_C, entropy_coef_C, entropy_C, teacher_CV)
+    return value_C, entropies_C, grad_CV
+
+
+def _nll_chunk(targets_R, spec, rows, logits_CV, workspace, coef_C, entropy_coef_C):
+    """One chunk of the cross-entropy `-log q(target)`; its logit gradient is `coef · (q - onehot(target))`."""
+    q_CV = workspace.take(1, logits_CV.shape[0])
+    _log_softmax_(logits_CV, q_CV)  # logits_CV now holds log q
+    targets_C1 = targets_R[rows].unsqueeze(1)
+    value_C = -logits_CV.gather(1, targets_C1).squeeze(1)
+    if coef_C is None:
+        return value_C, None, None
+    grad_CV = q_CV.mul_(coef_C.unsqueeze(1))
+    return value_C, None, grad_CV.scatter_add_(1, targets_C1, -coef_C.unsqueeze(1))
+
+
+
+def _topk_chunk(ids_RK, logprobs_RK, tail, spec, rows, logits_CV, workspace, coef_C, entropy_coef_C):
+    """One chunk against a cached top-k teacher. `coef_C is None`: values only, no gradient."""
+    q_CV, ids_CK = workspace.take(1, logits_CV.shape[0]), ids_RK[rows]
+    _log_softmax_(logits_CV, q_CV)
+    entropy_C = -_rowdot(q_CV, logits_CV) if spec.with_entropy else None
+    # A leftover mass below the float resolution is rounding noise: in "bucket" mode both are floored there, so that
+    # a confident teacher (or K = V) cannot turn a 0 into an unbounded log-ratio
+    floor = torch.finfo(spec.dtype).eps if tail == "bucket" else 0.0
+    student_CB, tail_C = _student_buckets(logits_CV, q_CV, ids_CK, floor)
+    teacher_CB = _teacher_buckets(logprobs_RK[rows], tail, spec.temperature, floor)
+    with torch.enable_grad():
+        student_CB.requires_grad_(coef_C is not None)
+        value_C = per_token_divergence(
+            spec.divergence, student_CB, teacher_CB, beta=spec.beta, alpha=spec.alpha, temperature=1.0
+        )
+        if coef_C is None:
+            return value_C, entropy_C, None
+        (gamma_CB,) = torch.autograd.grad(value_C, student_CB, grad_outputs=coef_C)
+    grad_CV = _topk_logit_grad_(logits_CV, q_CV, ids_CK, gamma_CB, tail_C, entropy_coef_C, entropy_C)
+    return value_C.detach(), entropy_C, grad_CV
