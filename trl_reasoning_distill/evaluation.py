@@ -127,6 +127,7 @@ def evaluate(
             `k`, `temperature`, `top_p`, `max_new_tokens`, `extraction`, code version). Otherwise
             `fingerprint.StaleOutputError` names the differing fields, before any generation.
         overwrite: delete `output_jsonl` (and its fingerprint) and start afresh.
+        progress: show a bar over the problems (problems/s, generated tok/s), updated after each batch.
     """
     check_eval_settings(k, temperature, top_p, max_new_tokens, batch_size, extraction)
     rows = evaluation_rows(dataset)

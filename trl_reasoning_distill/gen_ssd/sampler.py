@@ -192,7 +192,7 @@ class GenSSDSampler:
         check_records_rows(seen, rows, output_path)
         check_records_rows(kept, rows, output_path)
         bar = tqdm_class()(total=len(rows), initial=sum(str(r["id"]) in seen for r in rows), desc="gen-ssd",
-                           unit="problem", disable=not self.progress, dynamic_ncols=True)
+                           unit="problem", dynamic_ncols=True, **({} if self.progress else {"disable": True}))
         start, run_tokens = time.perf_counter(), 0
         for k in range(0, -(-len(rows) // self.batch_size)):
             batch = rows[k * self.batch_size : (k + 1) * self.batch_size]
