@@ -27,6 +27,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from ._trl import GKDTrainer, SFTTrainer, unwrap_model_for_generation
 from .checkpointing import ResumableTrainerMixin
 from .chunked import chunked_distill_loss
+from .distributed import model_config, output_head_weight, shard_for_evaluation
 from .divergence import per_token_divergence
 from .kd_config import KDConfig
 from .validation import (
@@ -70,7 +71,8 @@ def last_hidden_state(model, model_inputs: dict) -> torch.Tensor:
 
 
 def text_vocab_size(model: PreTrainedModel) -> int:
-    return model.config.get_text_config().vocab_size
+    """Embedding rows of `model`'s text config; `model` may be wrapped (a DeepSpeed engine's `.config` is its dict)."""
+    return model_config(model).get_text_config().vocab_size
 
 
 @dataclass
@@ -148,12 +150,15 @@ class KDTrainer(ResumableTrainerMixin, GKDTrainer):
         if isinstance(teacher_model, str):
             teacher_model = self._load_teacher(teacher_model, args, processing_class)
         check_not_meta(teacher_model, "teacher")
+        teacher_model.requires_grad_(False)  # never trained: no gradients, and ZeRO-3/FSDP2 need not reduce any
         self._check_rows("teacher", text_vocab_size(teacher_model))
         student_rows = None if isinstance(model, str) else text_vocab_size(model)
         with reported_vocab_size(teacher_model, student_rows or text_vocab_size(teacher_model)):
             super().__init__(model, teacher_model, args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                              processing_class=processing_class, **kwargs)
         self._check_rows("student", text_vocab_size(self.model))
+        if self.is_fsdp_enabled:  # GKD's `prepare_model(evaluation_mode=True)` leaves the teacher whole on each rank
+            self.teacher_model = shard_for_evaluation(self.teacher_model, self.accelerator)
         self._student_generation_config = self._generation_config_without_padding(self.model)
         self._teacher_generation_config = self._generation_config_without_padding(self.teacher_model)
 
@@ -273,11 +278,9 @@ class KDTrainer(ResumableTrainerMixin, GKDTrainer):
         return (values_BT * weights_BT).sum()
 
     def output_weight(self, model) -> torch.Tensor:
-        """The `[V, H]` output projection of `model` (unwrapped from DDP/FSDP/PEFT); biases are not supported."""
-        head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        if head.bias is not None:
-            raise ValueError("the chunked loss needs an lm_head without bias; set loss_chunk_size=0.")
-        return head.weight
+        """The full `[V, H]` output projection of `model` (wrapped in DDP, FSDP2, DeepSpeed or PEFT, or not), its
+        gradient reaching the sharded parameter (`distributed.output_head_weight`); biases are not supported."""
+        return output_head_weight(model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mask_BT = inputs["labels"][:, 1:] != -100

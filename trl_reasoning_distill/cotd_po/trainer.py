@@ -152,11 +152,27 @@ class CoTDPOTrainer(ResumableTrainerMixin, DPOTrainer):
             pad = processing_class.pad_token_id
             data_collator = DataCollatorForCoTDPO(processing_class.eos_token_id if pad is None else pad,
                                                   args.pad_to_multiple_of)
-        super().__init__(model, args=args, train_dataset=train_dataset, processing_class=processing_class,
-                         data_collator=data_collator, **kwargs)
+        self._resolving_reference = True
+        try:
+            super().__init__(model, args=args, train_dataset=train_dataset, processing_class=processing_class,
+                             data_collator=data_collator, **kwargs)
+        finally:
+            self._resolving_reference = False
         # Nothing was precomputed (`_precompute_ref_logps` is a no-op). Clearing the flag stops `evaluate(dataset)`
         # from precomputing, or from refusing a dataset passed after training has started.
         self.precompute_ref_logps = False
+
+    @property
+    def is_fsdp_enabled(self) -> bool:
+        """Trainer's flag, hidden while `DPOTrainer.__init__` resolves its reference model (after `Trainer.__init__`,
+        which sets `maybe_activation_offload_context` next): under FSDP DPOTrainer loads a second student from
+        `model.config._name_or_path` even when log-probs are "precomputed", and CoTD-PO is reference-free."""
+        hidden = self.__dict__.get("_resolving_reference") and "maybe_activation_offload_context" in self.__dict__
+        return self.__dict__.get("_is_fsdp_enabled", False) and not hidden
+
+    @is_fsdp_enabled.setter
+    def is_fsdp_enabled(self, value: bool) -> None:
+        self.__dict__["_is_fsdp_enabled"] = value
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         """Tokenize each group once (idempotent: a tokenized dataset is returned as is). A prompt longer than

@@ -166,7 +166,10 @@ class StudentScorer:
     """Summed student NLL of each candidate given its context (spec §2.4): one teacher-forced forward per
     `batch_size` candidates, fp32 log-softmax, candidate tokens only (EOS included). Contexts are left-padded with
     matching `position_ids` and candidates right-padded, so the logits of every candidate are the last columns; the
-    model runs in eval mode under `inference_mode` (spec §9 item 15) and gets its train/eval mode back after.
+    model runs in eval mode without gradients and gets its train/eval mode back after. `no_grad` rather than the
+    spec's `inference_mode` (§9 item 15): the scored model is the student being trained, and under FSDP2 or ZeRO-3
+    its forward gathers parameters into buffers the training step reuses, where inference tensors cannot enter
+    autograd.
     """
 
     def __init__(self, model: PreTrainedModel, pad_token_id: int, batch_size: int = 16):
@@ -180,7 +183,7 @@ class StudentScorer:
 
         return {"model": model_identity(self.model), "batch_size": self.batch_size}
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def score(self, contexts: list[list[int]], continuations: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """`(nll_M, tokens_M)`: float64 summed NLL and long token count of each continuation."""
         nll_M = torch.zeros(len(contexts), dtype=torch.float64)
