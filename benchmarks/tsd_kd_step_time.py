@@ -16,6 +16,7 @@ well as wall time; each round gives one ratio to that round's GKD run, and the C
 maximum.
 
     python benchmarks/tsd_kd_step_time.py                # CPU, B=2, T=512, 1 thread: about 15 minutes
+    python benchmarks/tsd_kd_step_time.py --loss-paths chunked --repeats 3   # the default loss path only
     python benchmarks/tsd_kd_step_time.py --vocab 512 --hidden 32 --seq 32 --repeats 1   # smoke run
 
 Writes `<out-dir>/tsd_kd_step_time.csv` (one row per method and loss path, with the CPU-time ratios to GKD's).
@@ -30,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("GKD", "TSD-KD", "TSD-KD accumulated")
+LOSS_PATHS = ("chunked", "full")  # loss_chunk_size -1 (default) and 0
 FIELDS = ("method", "loss_path", "batch", "seq", "vocab", "student_hidden", "teacher_hidden", "cpu_ms", "wall_ms",
           "ratio_to_gkd", "ratio_min", "ratio_max", "repeats", "threads", "device", "git_commit")  # fmt: skip
 
@@ -44,8 +46,13 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds after one warm-up round")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--loss-paths", default=",".join(LOSS_PATHS), help=f"comma-separated subset of {LOSS_PATHS}")
     parser.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.loss_paths = args.loss_paths.split(",")
+    if not set(args.loss_paths) <= set(LOSS_PATHS):
+        parser.error(f"--loss-paths must name some of {LOSS_PATHS}, got {args.loss_paths}")
+    return args
 
 
 def qwen2(vocab: int, hidden: int, layers: int):
@@ -143,7 +150,8 @@ def main(argv=None):
     teacher = qwen2(args.vocab + 128, 2 * args.hidden, args.layers).to(args.device)
     batch = shared_batch(args, args.device)
     rows, commit = [], git_commit()
-    for loss_path, chunk in (("chunked (default)", -1), ("full logits", 0)):
+    paths = {"chunked": ("chunked (default)", -1), "full": ("full logits", 0)}
+    for loss_path, chunk in (paths[name] for name in args.loss_paths):
         with tempfile.TemporaryDirectory() as out:
             trainers = {}
             for method in METHODS:
