@@ -53,3 +53,28 @@ def tiny_teacher(tokenizer):
     from trl_reasoning_distill.toy.models import build_teacher
 
     return build_teacher(tokenizer, seed=2)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """`tests/fake_vllm.py` as the `vllm` module, and its client as TRL's `VLLMClient`, for this test only. TRL's
+    `is_vllm_available()` then finds it (the module has a spec and a supported `__version__`), but
+    `trl.generation.vllm_generation` bound `LLM` / `SamplingParams` at its import only if vLLM was there: they are
+    set on that module. The process-group variables `VLLMGeneration` exports in colocate mode are restored."""
+    import sys
+
+    import fake_vllm as fake
+    from trl.generation import vllm_client, vllm_generation
+
+    monkeypatch.setitem(sys.modules, "vllm", fake.module())
+    for name in ("LLM", "SamplingParams"):
+        monkeypatch.setattr(vllm_generation, name, getattr(fake, name), raising=False)
+    monkeypatch.setattr(vllm_generation, "VLLMClient", fake.FakeVLLMClient)
+    monkeypatch.setattr(vllm_client, "VLLMClient", fake.FakeVLLMClient)
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # recorded, so undone after the test
+        if not os.environ[name]:
+            monkeypatch.delenv(name)
+    fake.reset()
+    yield fake
+    fake.reset()

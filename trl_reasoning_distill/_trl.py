@@ -22,11 +22,15 @@ with warnings.catch_warnings():  # trl.experimental warns on import; GKD lives t
 
 
 def __getattr__(name: str):
-    """`VLLMClient` on first use only: its module imports vLLM when vLLM is installed."""
+    """`VLLMClient` and `VLLMGeneration` on first use only: their modules import vLLM when vLLM is installed."""
     if name == "VLLMClient":
         from trl.generation.vllm_client import VLLMClient
 
         return VLLMClient
+    if name == "VLLMGeneration":
+        from trl.generation.vllm_generation import VLLMGeneration
+
+        return VLLMGeneration
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -64,6 +64,14 @@ def to_messages_dataset(dataset: Dataset | None, prompt_only_ok: bool, what: str
     return dataset.map(convert, remove_columns=drop)
 
 
+def cut_after_stop(ids: list[int], stop_ids: list[int]) -> list[int]:
+    """`ids` up to and including the first stop id (the completion GKD's mask keeps)."""
+    for position, token in enumerate(ids):
+        if token in stop_ids:
+            return ids[: position + 1]
+    return ids
+
+
 def last_hidden_state(model, model_inputs: dict) -> torch.Tensor:
     """Final (normed) hidden states `(B, T-1, H)` of the positions that predict tokens 1..T-1. Called through the
     wrapper, so DDP/FSDP hooks fire, with a single logit computed instead of `(B, T, V)`."""
@@ -161,6 +169,7 @@ class KDTrainer(ResumableTrainerMixin, GKDTrainer):
             self.teacher_model = shard_for_evaluation(self.teacher_model, self.accelerator)
         self._student_generation_config = self._generation_config_without_padding(self.model)
         self._teacher_generation_config = self._generation_config_without_padding(self.teacher_model)
+        self._setup_generation()
 
     def _checked_dataset(self, dataset, tokenizer, prompt_only_ok: bool, what: str):
         """`dataset` in GKD's `messages` format, every row checked (`to_messages_dataset`) and none over the limits
@@ -205,38 +214,187 @@ class KDTrainer(ResumableTrainerMixin, GKDTrainer):
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
     def _generation_config_without_padding(self, model: PreTrainedModel):
-        """GKD's sampling config, never emitting `model`'s embedding rows past the tokenizer."""
+        """GKD's sampling config, never emitting `model`'s embedding rows past the tokenizer, stopping on every stop
+        id (`stop_token_ids`), and always with the KV cache: GKD turns the cache off under gradient checkpointing,
+        which `unwrap_model_for_generation` already switches off while generating."""
         config = self.generation_config.__class__(**self.generation_config.to_dict())
         rows = text_vocab_size(model)
         config.suppress_tokens = list(range(self.vocab_size, rows)) or None
+        config.eos_token_id = self.stop_token_ids()
+        config.use_cache = True
         return config
+
+    def stop_token_ids(self) -> list[int]:
+        """The ids sampling stops on, on every backend: the student's `generation_config` EOS ids (GKD's) and the
+        tokenizer's EOS (which vLLM always stops on)."""
+        eos = self.generation_config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        return [i for i in dict.fromkeys([*eos, self.processing_class.eos_token_id]) if i is not None]
+
+    # --- vLLM: TRL's VLLMGeneration for the student, as TRL's DistillationTrainer builds it --------------------------
+
+    def _setup_generation(self) -> None:
+        """Called at the end of `__init__`: the KV cache on for generation whatever gradient checkpointing says, and
+        TRL's `VLLMGeneration` for the student's samples when `use_vllm`."""
+        self.generation_kwargs["use_cache"] = True
+        self.generation_config.use_cache = True
+        self._step_batches, self._step_samples = None, {}
+        self.vllm_generation = self._build_vllm_generation() if self.args.use_vllm else None
+        self._last_loaded_step = -1  # TRL's tag: weights are synced once per optimizer step, not per micro-batch
+
+    def _build_vllm_generation(self):
+        """`VLLMGeneration` with `DistillationTrainer`'s arguments; GKD's sampling (`temperature`, `top_k=0`,
+        `top_p=1`, `max_new_tokens`); the padded vocabulary rows excluded (`allowed_token_ids`: exact, where vLLM's
+        `logit_bias` is clamped to -100) and the HF path's stop ids (`stop_token_ids`)."""
+        from ._trl import VLLMGeneration
+        from .generation.vllm import _require_vllm
+
+        _require_vllm()
+        args = self.args
+        name = getattr(self.accelerator.unwrap_model(self.model), "name_or_path", None)
+        if args.vllm_mode == "colocate" and not name:
+            raise ValueError("use_vllm with vllm_mode='colocate' starts vLLM from the student's `name_or_path`, and "
+                             "this student has none: pass the student as a Hub id or folder, or save it first.")
+        extra = {"stop_token_ids": self.stop_token_ids()}
+        if text_vocab_size(self.model) > self.vocab_size:
+            extra["allowed_token_ids"] = list(range(self.vocab_size))
+        return VLLMGeneration(
+            model=self.model, accelerator=self.accelerator, processing_class=self.processing_class,
+            mode=args.vllm_mode, server_base_url=args.vllm_server_base_url, server_host=args.vllm_server_host,
+            server_port=args.vllm_server_port, group_port=args.vllm_group_port,
+            server_timeout=args.vllm_server_timeout, tensor_parallel_size=args.vllm_tensor_parallel_size,
+            gpu_memory_utilization=args.vllm_gpu_memory_utilization, max_model_length=args.vllm_max_model_length,
+            max_num_seqs=args.per_device_train_batch_size * args.vllm_tensor_parallel_size
+            * args.gradient_accumulation_steps,  # the whole global batch in one call
+            enable_sleep_mode=args.vllm_enable_sleep_mode, model_impl=args.vllm_model_impl,
+            trust_remote_code=args.trust_remote_code, repetition_penalty=1.0, temperature=self.temperature,
+            top_p=1.0, top_k=0, min_p=0.0, max_completion_length=args.max_new_tokens, logprobs=None,
+            generation_kwargs=extra,
+        )
+
+    def _vllm_completions(self, prompts: list[list[int]], temperature: float, top_p: float) -> list[list[int]]:
+        """The student's completions from vLLM, after syncing its weights when an optimizer step has passed since the
+        last sync (TRL's `_last_loaded_step`; PEFT adapters merged for the sync by `VLLMGeneration`)."""
+        if self.state.global_step != self._last_loaded_step:
+            self.vllm_generation.sync_weights()
+            self._last_loaded_step = self.state.global_step
+        self.vllm_generation.temperature, self.vllm_generation.top_p = temperature, top_p  # read at each call
+        _, completions, _, _ = self.vllm_generation.generate(prompts=prompts, images=None, num_generations=1)
+        return [list(ids) for ids in completions]
 
     # --- generation for the whole accumulated batch, then one token count -------------------------------------
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """The step's micro-batches with their samples, each drawn under RNGs seeded from (seed, step, micro-batch,
-        process) (`sampling_rng`), so a resumed run draws what an uninterrupted one does; then the token count."""
+        """The step's micro-batches with their samples, then the token count. Each micro-batch is prepared under RNGs
+        seeded from (seed, step, micro-batch, process) (`sampling_rng`), so a resumed run draws what an uninterrupted
+        one does; the generation of all micro-batches happens in one call per model, under micro-batch 0's RNG
+        (`global_batch_samples`)."""
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._step_batches = [self._prepare_inputs(batch) for batch in batches]
         sampled = []
-        for index, batch in enumerate(batches):
-            with self.sampling_rng(index):
-                sampled.append(self._sample_completions(self._prepare_inputs(batch)))
+        try:
+            for index, batch in enumerate(self._step_batches):
+                with self.sampling_rng(index):
+                    sampled.append(self._sample_completions(batch))
+        finally:
+            self._step_batches, self._step_samples = None, {}
         return sampled, self._count_loss_tokens(sampled, device)
+
+    def global_batch_samples(self, key: str, inputs: dict, needs: Callable[[int], bool],
+                             sample: Callable[[list[dict]], list[tuple]]) -> tuple:
+        """The samples of micro-batch `inputs`, from one `sample(micro_batches)` call per optimizer step over every
+        micro-batch `i` of the global batch with `needs(i)` (`key` names that call). A batch met outside
+        `get_batch_samples` (evaluation, a direct call) is sampled alone."""
+        batches, index = self._step_batches, self._micro_batch
+        if batches is None or index >= len(batches) or batches[index] is not inputs:
+            return sample([inputs])[0]
+        if key not in self._step_samples:
+            rows = [i for i in range(len(batches)) if needs(i)]
+            self._step_samples[key] = dict(zip(rows, sample([batches[i] for i in rows]), strict=True))
+        return self._step_samples[key][index]
+
+    def lmbda_coin(self, micro_batch: int | None = None) -> bool:
+        """GKD's on-policy coin of `micro_batch` (default: the one being prepared), seeded from (seed, step,
+        micro-batch) so every rank draws alike."""
+        current = self._micro_batch
+        self._micro_batch = current if micro_batch is None else micro_batch
+        try:
+            return self.shared_uniform("lmbda") <= self.lmbda
+        finally:
+            self._micro_batch = current
 
     def _sample_completions(self, inputs: dict) -> dict:
         """GKD's draw: with probability `lmbda` the student's samples replace the targets, else (if `seq_kd`) the
-        teacher's. The coin is seeded from (seed, step, micro-batch), so every rank draws alike."""
-        on_policy = self.shared_uniform("lmbda") <= self.lmbda
+        teacher's. The student samples of all on-policy micro-batches come from one call, as do the teacher's."""
+        on_policy = self.lmbda_coin()
         if not on_policy and not self.seq_kd:
             self.log_metric("on_policy", 0.0, mode="train")
             return inputs
-        source = self.model_wrapped if on_policy else self.teacher_model
-        config = self._student_generation_config if on_policy else self._teacher_generation_config
-        with unwrap_model_for_generation(source, self.accelerator, generation_kwargs=self.generation_kwargs) as model:
-            ids, mask, labels = self.generate_on_policy_outputs(model, inputs, config)
+        who = "student" if on_policy else "teacher"
+        ids, mask, labels = self.global_batch_samples(who, inputs, lambda i: self.lmbda_coin(i) == on_policy,
+                                                      lambda batches: self.generate_batches(batches, who))
         self.log_metric("on_policy", float(on_policy), mode="train")
         self.log_metric("completion_length", (labels[:, 1:] != -100).sum(1).float().mean().item(), mode="train")
         return {**inputs, "input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def generate_batches(self, batches: list[dict], who: str = "student", temperature: float | None = None,
+                         top_p: float | None = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Completions of every prompt of `batches` in one generation call of `who` (`"student"`: vLLM when
+        `use_vllm`, else HF `generate`; `"teacher"`: HF `generate`), at `temperature` (default GKD's; 0 is greedy)
+        and `top_p` (default 1). Returns `(input_ids, attention_mask, labels)` per batch, laid out as GKD's
+        `generate_on_policy_outputs` does: the batch's own prompts, then the completion up to its first stop id."""
+        if who not in ("student", "teacher"):
+            raise ValueError(f"who must be 'student' or 'teacher', got {who!r}.")
+        temperature = self.temperature if temperature is None else temperature
+        top_p = 1.0 if top_p is None else top_p
+        prompts = [row[mask.bool()].tolist() for batch in batches
+                   for row, mask in zip(batch["prompts"], batch["prompt_attention_mask"], strict=True)]
+        if not prompts:
+            return [self._completion_tensors(batch, []) for batch in batches]
+        if who == "student" and self.vllm_generation is not None:
+            completions = self._vllm_completions(prompts, temperature, top_p)
+        else:
+            completions = self._hf_completions(prompts, who, temperature, top_p)
+        completions = [cut_after_stop(ids, self.stop_token_ids()) for ids in completions]
+        out, start = [], 0
+        for batch in batches:
+            rows = batch["prompts"].shape[0]
+            out.append(self._completion_tensors(batch, completions[start : start + rows]))
+            start += rows
+        return out
+
+    def _hf_completions(self, prompts: list[list[int]], who: str, temperature: float, top_p: float):
+        """HF `generate` on all `prompts`, left-padded together, with the KV cache."""
+        model = self.model_wrapped if who == "student" else self.teacher_model
+        config = self._student_generation_config if who == "student" else self._teacher_generation_config
+        sampling = {"do_sample": temperature > 0, "temperature": temperature if temperature > 0 else 1.0,
+                    "top_p": top_p}
+        config = config.__class__(**{**config.to_dict(), **sampling})
+        device = self.accelerator.device
+        width = max(len(ids) for ids in prompts)
+        pad = self.processing_class.pad_token_id
+        ids_BP = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts], device=device)
+        mask_BP = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
+        kwargs = {**self.generation_kwargs, **sampling, "use_cache": True}
+        with unwrap_model_for_generation(model, self.accelerator, generation_kwargs=kwargs) as unwrapped:
+            ids_BT, mask_BT, _ = self.generate_on_policy_outputs(
+                unwrapped, {"prompts": ids_BP, "prompt_attention_mask": mask_BP}, config)
+        return [row[width:][mask[width:].bool()].tolist() for row, mask in zip(ids_BT, mask_BT, strict=True)]
+
+    def _completion_tensors(self, inputs: dict, completions: list[list[int]]):
+        """`inputs`' prompts (left-padded, as collated) then `completions` (right-padded with the pad id)."""
+        prompts_BP, prompt_mask_BP = inputs["prompts"], inputs["prompt_attention_mask"]
+        width = max([1, *(len(ids) for ids in completions)])
+        ids_BC = prompts_BP.new_full((prompts_BP.shape[0], width), self.processing_class.pad_token_id)
+        mask_BC = torch.zeros_like(ids_BC)
+        for b, ids in enumerate(completions):
+            ids_BC[b, : len(ids)] = torch.tensor(ids, dtype=ids_BC.dtype)
+            mask_BC[b, : len(ids)] = 1
+        ids = torch.cat([prompts_BP, ids_BC], dim=1)
+        mask = torch.cat([prompt_mask_BP.to(mask_BC.dtype), mask_BC], dim=1)
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[:, : prompts_BP.shape[1]] = -100
+        return ids, mask, labels
 
     def _count_loss_tokens(self, batches: list[dict], device) -> torch.Tensor:
         count = sum((batch["labels"][:, 1:] != -100).sum() for batch in batches).to(device)

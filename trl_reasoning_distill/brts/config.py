@@ -6,6 +6,7 @@ Paper: On-Policy Distillation with Best-of-N Teacher Rollout Selection, https://
 
 from dataclasses import dataclass, field
 
+from ..generation.base import TeacherGenerationConfig
 from ..kd_config import KDConfig
 from ..verify import EXTRACTION_MODES
 from .loss import (
@@ -21,7 +22,7 @@ TRAINER_ALIGNMENTS = ("positional", "teacher_ctx")  # spec §2.6 (the code) and 
 
 
 @dataclass
-class BRTSConfig(KDConfig):
+class BRTSConfig(TeacherGenerationConfig, KDConfig):
     r"""
     Configuration class for [`BRTSTrainer`]. Only the BRTS fields are listed, plus the inherited defaults changed to
     the paper's values (`lmbda=1.0`: BRTS is on-policy only; `temperature=1.0`); see [`KDConfig`] and [`GKDConfig`].

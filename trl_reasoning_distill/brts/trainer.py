@@ -24,6 +24,7 @@ from .._trl import unwrap_model_for_generation
 from ..chunked import chunked_distill_loss, chunked_topk, default_chunk_size
 from ..divergence import global_token_mean
 from ..generation import Generator, HFGenerator, Sample
+from ..generation.vllm import teacher_generator_from_config
 from ..kd_trainer import AnswerCollator, KDTrainer, last_hidden_state
 from ..validation import check_dataset_rows
 from ..verify import extract_answer, grade
@@ -81,7 +82,9 @@ class BRTSTrainer(KDTrainer):
         if args.teacher_context_coef > 0:  # a None or blank answer would be graded as "None" or ""
             check_dataset_rows(train_dataset, "the training dataset", answer_column=args.answer_column)
         super().__init__(model, teacher_model, args, train_dataset=train_dataset, **kwargs)
-        self.teacher_generator = teacher_generator
+        self.teacher_generator = teacher_generator or teacher_generator_from_config(
+            args, self.accelerator.unwrap_model(self.teacher_model), self.processing_class,
+            self.accelerator.num_processes)  # `teacher_generation_backend`: None samples with HF generate
         self.data_collator = AnswerCollator(self.data_collator, args.answer_column)
 
     # --- sampling: the student's rollouts (KDTrainer), then the teacher's pool and the selection -------------------

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._trl import DPOConfig
+from ..generation.base import TeacherGenerationConfig
 from ..validation import check_finite_fields
 from .loss import LOGP_AGGREGATIONS, LOSS_MODES, RATIONALE_REDUCTIONS, REWARD_NORMALIZATIONS
 
@@ -28,7 +29,7 @@ _UNUSED_DPO_DEFAULTS = {"beta": 0.1, "loss_type": ["sigmoid"], "loss_weights": N
 
 
 @dataclass
-class CoTDPOConfig(DPOConfig):
+class CoTDPOConfig(TeacherGenerationConfig, DPOConfig):
     r"""
     Configuration class for [`CoTDPOTrainer`]. Only the CoTD-PO fields are listed, plus the inherited defaults changed
     to the paper's (or the released code's) values; see [`DPOConfig`]. DPO's loss settings (`beta`, `loss_type`,

@@ -35,6 +35,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..checkpointing import last_complete_checkpoint
 from ..fingerprint import check_unique_ids, claim_output, model_identity, rows_identity, tokenizer_identity
 from ..generation import Generator, HFGenerator, Sample
+from ..generation.vllm import teacher_generator_from_config
 from ..jsonl import append_records, read_records
 from ..progress import ThroughputBar, show_training_progress
 from .config import CoTDPOConfig
@@ -137,7 +138,8 @@ class TeacherRationales:
         temperature (`float`, *optional*, defaults to `0.0`): sampling temperature (0: greedy).
         top_p (`float`, *optional*, defaults to `1.0`): nucleus.
         max_new_tokens (`int`, *optional*, defaults to `1024`): longest rationale.
-        generator (`Generator`, *optional*): sampling backend (default: [`HFGenerator`] on `model`).
+        generator (`Generator`, *optional*): sampling backend (default: the one `args.teacher_generation_backend`
+            names: [`HFGenerator`] on `model`, or a [`VLLMGenerator`]).
     """
 
     def __init__(self, model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase, args: CoTDPOConfig, *,
@@ -145,6 +147,7 @@ class TeacherRationales:
                  generator: Generator | None = None):
         if not args.answer_prefix.strip():
             raise ValueError("TeacherRationales needs a non-empty `answer_prefix`: it marks where the rationale ends.")
+        generator = generator or teacher_generator_from_config(args, model, tokenizer)  # teacher_generation_backend
         if generator is None and model is None:
             raise ValueError("TeacherRationales needs a teacher `model` or a `generator`.")
         self.generator = generator or HFGenerator(model, tokenizer)

@@ -6,6 +6,7 @@ https://huggingface.co/papers/2604.02819 (values and their sources: Gen-SSD spec
 
 from dataclasses import dataclass, field
 
+from ..generation.base import TeacherGenerationConfig
 from ..kd_config import KDConfig
 from ..verify import EXTRACTION_MODES
 from .sampler import ChunkSampling, GenerationSelectionCallback
@@ -15,7 +16,7 @@ OBJECTIVES = ("nll", "kd")  # loss on the selected trajectories: SFT (Eq. 1) or 
 
 
 @dataclass
-class GenSSDConfig(KDConfig):
+class GenSSDConfig(TeacherGenerationConfig, KDConfig):
     r"""
     Configuration class for [`GenSSDTrainer`] and, through [`GenSSDConfig.chunk_sampling`], for [`GenSSDSampler`].
     Only the Gen-SSD fields are listed, plus the inherited defaults changed (`max_new_tokens=16384`, `lmbda=0.0`,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .._trl import unwrap_model_for_generation
 from ..chunked import chunked_cross_entropy
 from ..generation import Generator
+from ..generation.vllm import teacher_generator_from_config
 from ..kd_trainer import AnswerCollator, KDTrainer, last_hidden_state
 from ..validation import check_dataset_rows
 from ..verify import extract_answer, grade
@@ -78,7 +79,9 @@ class GenSSDTrainer(KDTrainer):
         if args.keep_only_correct:  # a None or blank answer would be graded as "None" or "": nothing would be kept
             check_dataset_rows(train_dataset, "the training dataset", answer_column=args.answer_column)
         super().__init__(model, teacher_model, args, train_dataset=train_dataset, **kwargs)
-        self.teacher_generator = teacher_generator
+        self.teacher_generator = teacher_generator or teacher_generator_from_config(
+            args, self.accelerator.unwrap_model(self.teacher_model), self.processing_class,
+            self.accelerator.num_processes)  # `teacher_generation_backend`: None proposes with HF generate
         self.selection = selection or args.selection_callback()
         self.selection_generator = torch.Generator().manual_seed(args.seed)  # rule="random"; reseeded per batch
         stop = self.accelerator.unwrap_model(self.teacher_model).generation_config.eos_token_id  # every stop id

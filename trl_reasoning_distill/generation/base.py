@@ -59,6 +59,81 @@ class Generator(Protocol):
         ...
 
 
+TEACHER_GENERATION_BACKENDS = ("hf", "vllm")
+
+
+@dataclass
+class TeacherGenerationConfig:
+    r"""
+    Fields of the configs whose teacher samples (BRTS's pool, Gen-SSD's proposals, VCRD's offline rollouts, CoTD-PO's
+    rationales, rejection sampling): which backend samples the teacher. Built by
+    `generation.vllm.teacher_generator_from_config`.
+
+    Parameters:
+        teacher_generation_backend (`str`, *optional*, defaults to `"hf"`):
+            `"hf"`: Hugging Face `generate` on the teacher model (ours: runs everywhere, as the authors' code does).
+            `"vllm"`: our `VLLMGenerator`, on a `trl vllm-serve` of the teacher when `teacher_model_server_url` is
+            set, else on a vLLM engine colocated in this process.
+        teacher_model_server_url (`str`, *optional*):
+            Base URL of a vLLM server hosting the teacher model (e.g., `"http://localhost:8000"`); TRL's name (in
+            `ServerDistillationConfig`). Only with `teacher_generation_backend="vllm"`.
+        teacher_vllm_server_timeout (`float`, *optional*, defaults to `240.0`):
+            Seconds to wait for the teacher's server to come up (TRL's `vllm_server_timeout` default).
+        teacher_vllm_gpu_memory_utilization (`float`, *optional*, defaults to `0.3`):
+            GPU memory share of a colocated teacher engine (TRL's `vllm_gpu_memory_utilization` default).
+        teacher_vllm_tensor_parallel_size (`int`, *optional*, defaults to `1`):
+            Tensor parallel size of a colocated teacher engine (TRL's `vllm_tensor_parallel_size` default).
+        teacher_vllm_max_model_length (`int`, *optional*):
+            Context length of a colocated teacher engine (TRL's `vllm_max_model_length`; default: the model's).
+    """
+
+    teacher_generation_backend: str = field(
+        default="hf", metadata={"help": 'Teacher sampling backend: "hf" (generate) or "vllm" (VLLMGenerator).'}
+    )
+    teacher_model_server_url: str | None = field(
+        default=None,
+        metadata={"help": 'Base URL of a vLLM server hosting the teacher model (e.g., "http://localhost:8000").'},
+    )
+    teacher_vllm_server_timeout: float = field(
+        default=240.0, metadata={"help": "Timeout for connecting to the teacher vLLM server."}
+    )
+    teacher_vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "GPU memory utilization for a colocated teacher vLLM engine."}
+    )
+    teacher_vllm_tensor_parallel_size: int = field(
+        default=1, metadata={"help": "Tensor parallel size for a colocated teacher vLLM engine."}
+    )
+    teacher_vllm_max_model_length: int | None = field(
+        default=None, metadata={"help": "Maximum model sequence length for a colocated teacher vLLM engine."}
+    )
+
+    def __post_init__(self):
+        check_teacher_generation_fields(self)
+        super().__post_init__()
+
+
+def check_teacher_generation_fields(args) -> None:
+    """`ValueError` naming a bad teacher-backend field of `args`."""
+    if args.teacher_generation_backend not in TEACHER_GENERATION_BACKENDS:
+        raise ValueError(f"teacher_generation_backend must be one of {TEACHER_GENERATION_BACKENDS}, got "
+                         f"{args.teacher_generation_backend!r}.")
+    url = args.teacher_model_server_url
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ValueError(f"teacher_model_server_url must start with http:// or https://, got {url!r}.")
+    if url is not None and args.teacher_generation_backend != "vllm":
+        raise ValueError("teacher_model_server_url is set but teacher_generation_backend is 'hf': set it to 'vllm'.")
+    if not args.teacher_vllm_server_timeout > 0:
+        raise ValueError(f"teacher_vllm_server_timeout must be > 0, got {args.teacher_vllm_server_timeout}.")
+    if not 0 < args.teacher_vllm_gpu_memory_utilization <= 1:
+        raise ValueError(f"teacher_vllm_gpu_memory_utilization must be in (0, 1], got "
+                         f"{args.teacher_vllm_gpu_memory_utilization}.")
+    if args.teacher_vllm_tensor_parallel_size < 1:
+        raise ValueError(f"teacher_vllm_tensor_parallel_size must be >= 1, got "
+                         f"{args.teacher_vllm_tensor_parallel_size}.")
+    if args.teacher_vllm_max_model_length is not None and args.teacher_vllm_max_model_length < 2:
+        raise ValueError(f"teacher_vllm_max_model_length must be >= 2, got {args.teacher_vllm_max_model_length}.")
+
+
 def validate_sampling(n: int, max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> None:
     """Raise `ValueError` naming the bad sampling argument, before any compute."""
     if n < 1:

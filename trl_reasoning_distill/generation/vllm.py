@@ -93,6 +93,7 @@ class VLLMGenerator:
         tokenizer: PreTrainedTokenizerBase,
         gpu_memory_utilization: float = 0.3,
         enable_prefix_caching: bool = True,
+        eos_token_ids: Collection[int] | None = None,
         **llm_kwargs,
     ) -> "VLLMGenerator":
         """Build a `vllm.LLM` in this process.
@@ -108,6 +109,9 @@ class VLLMGenerator:
                 room for training when it shares the GPU.
             enable_prefix_caching (`bool`, *optional*, defaults to `True`):
                 Reuse the KV cache of shared prefixes (the `n` samples of a prompt, chunk continuations).
+            eos_token_ids (`Collection[int]`, *optional*):
+                Ids the model stops on besides the tokenizer's EOS (the `eos_token_id`s of its `generation_config`,
+                which vLLM reads and stops on itself): samples ending with one are `"eos"`.
             **llm_kwargs:
                 Passed to `vllm.LLM` (`dtype`, `max_model_len`, `seed`, `enforce_eager`, `tensor_parallel_size`,
                 `distributed_executor_backend="external_launcher"` under a multi-process launcher, ...).
@@ -121,7 +125,7 @@ class VLLMGenerator:
             enable_prefix_caching=enable_prefix_caching,
             **llm_kwargs,
         )
-        return cls(tokenizer, llm=llm)
+        return cls(tokenizer, llm=llm, eos_token_ids=eos_token_ids)
 
     @classmethod
     def server(
@@ -212,6 +216,39 @@ class VLLMGenerator:
         return _server_to_samples(
             response, named["n"], self.tokenizer, params.get("stop"), self.eos_token_ids, return_logprobs
         )
+
+
+def teacher_generator_from_config(args, teacher, tokenizer: PreTrainedTokenizerBase,
+                                  num_processes: int = 1) -> "VLLMGenerator | None":
+    """The teacher's sampler that `args` (a config with the `TeacherGenerationConfig` fields) asks for: None for
+    `teacher_generation_backend="hf"` (the caller's HF `generate`), else a [`VLLMGenerator`] on the server at
+    `teacher_model_server_url`, or on an engine colocated in this process (one per process under a launcher).
+
+    Args:
+        teacher (`str`, `PreTrainedModel` or `None`): the teacher's Hub id or folder, or the loaded teacher (its
+            `name_or_path` is what a colocated engine loads; its embedding rows and `generation_config` EOS ids
+            give the padded rows that are never sampled and the stop ids).
+    """
+    if getattr(args, "teacher_generation_backend", "hf") == "hf":
+        return None
+    loaded = None if teacher is None or isinstance(teacher, str) else teacher
+    path = teacher if isinstance(teacher, str) else getattr(loaded, "name_or_path", None)
+    eos = None if loaded is None else getattr(loaded.generation_config, "eos_token_id", None)
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if args.teacher_model_server_url is not None:
+        rows = None if loaded is None else loaded.config.get_text_config().vocab_size
+        return VLLMGenerator.server(args.teacher_model_server_url, tokenizer, vocab_size=rows, eos_token_ids=eos,
+                                    connection_timeout=args.teacher_vllm_server_timeout)
+    if not path:
+        raise ValueError("teacher_generation_backend='vllm' without teacher_model_server_url starts a vLLM engine "
+                         "from the teacher's path, and this teacher has none: pass it as a Hub id or folder, or "
+                         "set teacher_model_server_url.")
+    llm_kwargs = {"tensor_parallel_size": args.teacher_vllm_tensor_parallel_size,
+                  "max_model_len": args.teacher_vllm_max_model_length}
+    if num_processes > 1:  # one engine per process, as TRL's colocate mode
+        llm_kwargs["distributed_executor_backend"] = "external_launcher"
+    return VLLMGenerator.colocate(path, tokenizer, gpu_memory_utilization=args.teacher_vllm_gpu_memory_utilization,
+                                  eos_token_ids=eos, **llm_kwargs)
 
 
 def weight_files_identity(path: str, sample_bytes: int = 1 << 16) -> str | None:

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..generation.base import TeacherGenerationConfig
 from ..kd_config import KDConfig
 from .loss import REDUCTIONS, WEIGHTING_RULES
 from .validity import PROPOSAL_SOURCES, PROPOSAL_STRATEGIES, SCORING_IMPLS
@@ -17,7 +18,7 @@ ROLLOUT_MODES = ("offline", "online")
 
 
 @dataclass
-class VCRDConfig(KDConfig):
+class VCRDConfig(TeacherGenerationConfig, KDConfig):
     r"""
     Configuration class for [`VCRDTrainer`]. Only the VCRD fields are listed, plus the inherited defaults changed to
     the paper's values (`learning_rate=5e-5`, `max_length=1024`, `max_new_tokens=512`, `temperature=1.0`,

@@ -30,7 +30,7 @@ from ..fingerprint import (
     tokenizer_identity,
 )
 from ..gen_ssd.sampler import batch_seed
-from ..generation import HFGenerator
+from ..generation import Generator, HFGenerator
 from ..generation.base import validate_sampling
 from ..jsonl import append_records, read_records
 from ..progress import ThroughputBar, generated_tokens
@@ -198,7 +198,7 @@ def check_toy_prompts(dataset: Dataset | None) -> None:
 
 
 def sample_vcrd_rollouts(
-    teacher: PreTrainedModel,
+    teacher: PreTrainedModel | Generator,
     student: PreTrainedModel | None,
     tokenizer: PreTrainedTokenizerBase,
     dataset,
@@ -217,7 +217,8 @@ def sample_vcrd_rollouts(
     prompt, sampled with [`HFGenerator`] at DistiLLM-2's settings (temperature 0.8, top-p 0.95; spec A10).
 
     Args:
-        teacher (`PreTrainedModel`): The teacher.
+        teacher (`PreTrainedModel` or `Generator`): The teacher, or its sampler (e.g. the [`VLLMGenerator`] that
+            `generation.vllm.teacher_generator_from_config(args, teacher, tokenizer)` builds from a `VCRDConfig`).
         student (`PreTrainedModel` or `None`): The student before distillation; `None` samples teacher responses only
             (for `student_rollout="online"`).
         tokenizer (`PreTrainedTokenizerBase`): Their shared tokenizer (pad and EOS tokens set).
@@ -289,7 +290,7 @@ def _rollout_batch(batch: list[dict], models: dict, tokenizer, max_new_tokens: i
     prompt_ids = encode_prompts(tokenizer, [row["prompt"] for row in batch])
     records = [{"id": row["id"], "row_hash": row_hash(row)} for row in batch]
     for column, model in models.items():
-        generator = HFGenerator(model, tokenizer, batch_size=batch_size)
+        generator = model if isinstance(model, Generator) else HFGenerator(model, tokenizer, batch_size=batch_size)
         step = batch_size
         for start in range(0, len(batch), step):
             samples = generator.generate(prompt_ids[start : start + step], n=1, max_new_tokens=max_new_tokens,

@@ -178,9 +178,13 @@ class VCRDTrainer(KDTrainer):
     def _student_rollouts(self, inputs: dict, mode: str | None) -> dict:
         if self.args.student_rollout == "offline":
             raise ValueError("the batch has no student responses, and student_rollout='offline'.")
-        with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
-                                         generation_kwargs=self.rollout_generation_kwargs) as student:
-            ids, mask, labels = self.generate_on_policy_outputs(student, inputs, self.rollout_generation_config)
+        args = self.args  # one call for the whole global batch (vLLM when `use_vllm`), at spec A10's sampling
+
+        def sample(batches: list[dict]) -> list[tuple]:
+            return self.generate_batches(batches, "student", args.rollout_temperature, args.rollout_top_p)
+
+        ids, mask, labels = self.global_batch_samples(
+            "student_rollouts", inputs, lambda i: "student_input_ids" not in self._step_batches[i], sample)
         self.log_metric("completion_length", (labels[:, 1:] != -100).sum(1).float().mean().item(), mode=mode)
         return {**inputs, "student_input_ids": ids, "student_attention_mask": mask, "student_labels": labels}
 
