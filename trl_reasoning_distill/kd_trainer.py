@@ -17,11 +17,12 @@
 """
 
 import contextlib
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ._trl import GKDTrainer, SFTTrainer, unwrap_model_for_generation
@@ -32,36 +33,68 @@ from .divergence import per_token_divergence
 from .kd_config import KDConfig
 from .validation import (
     check_chat_lengths,
+    check_chat_row_lengths,
     check_dataset_rows,
     check_not_meta,
     check_output_dir,
+    check_row,
     check_vocab_size,
     has_tokenizer_files,
+    lazily_checked,
 )
 
 
-def to_messages_dataset(dataset: Dataset | None, prompt_only_ok: bool, what: str = "the dataset") -> Dataset | None:
+def to_messages_dataset(dataset, prompt_only_ok: bool, what: str = "the dataset"):
     """GKD's `messages` format from `messages`, `prompt`+`completion` or (when sampling supplies the target)
     `prompt`-only rows; prompts and completions may be strings or chat messages. An empty dataset, and a `None` or
-    empty prompt, messages or completion, is a `ValueError` naming `what` and the row."""
-    check_dataset_rows(dataset, what)
-    if dataset is None or "messages" in dataset.column_names:
-        return dataset
-    if "prompt" not in dataset.column_names:
-        raise ValueError(f"the dataset needs a 'messages' or a 'prompt' column; it has {dataset.column_names}.")
-    has_completion = "completion" in dataset.column_names
-    if not has_completion and not prompt_only_ok:
+    empty prompt, messages or completion, is a `ValueError` naming `what` and the row.
+
+    Every form `GKDTrainer` accepts is accepted: a `Dataset`; an `IterableDataset` (streaming), its columns known or
+    not (`column_names is None`), whose first row is checked and converted here and every other row as it is read
+    (it cannot be scanned whole up front); and a `DatasetDict`, `IterableDatasetDict` or dict of named evaluation
+    sets, each converted and named in errors, the container's type kept."""
+    if dataset is None:
+        return None
+    if isinstance(dataset, Mapping):
+        return type(dataset)({name: to_messages_dataset(part, prompt_only_ok, f"{what} {name!r}")
+                              for name, part in dataset.items()})
+    check_dataset_rows(dataset, what)  # an IterableDataset: its first row
+    columns = getattr(dataset, "column_names", None)
+    if isinstance(dataset, IterableDataset) and columns is None:  # streaming, columns unknown: row by row
+        _messages_row(next(iter(dataset)), 0, prompt_only_ok, what)  # the format of the first row, at once
+        return dataset.map(lambda row, index: _messages_row(row, index, prompt_only_ok, what), with_indices=True,
+                           remove_columns=["prompt", "completion"])
+    if "messages" not in columns and "prompt" not in columns:
+        raise ValueError(f"{what} needs a 'messages' or a 'prompt' column; it has {columns}.")
+    if "messages" not in columns and "completion" not in columns and not prompt_only_ok:
         raise ValueError("a prompt-only dataset needs on-policy or teacher sampling: set lmbda=1.0 or seq_kd=True.")
+    if isinstance(dataset, IterableDataset):  # every row checked and converted as it is read
+        drop = [] if "messages" in columns else [c for c in ("prompt", "completion") if c in columns]
+        return dataset.map(lambda row, index: _messages_row(row, index, prompt_only_ok, what), with_indices=True,
+                           remove_columns=drop)
+    if "messages" in columns:
+        return dataset
+    drop = [c for c in ("prompt", "completion") if c in columns]  # GKD takes `prompt` as rendered text
+    return dataset.map(lambda row: _messages_row(row, None, prompt_only_ok, what), remove_columns=drop)
 
-    def convert(row):
-        prompt = [{"role": "user", "content": row["prompt"]}] if isinstance(row["prompt"], str) else row["prompt"]
-        completion = row["completion"] if has_completion else ""
-        if isinstance(completion, str):
-            completion = [{"role": "assistant", "content": completion}]
-        return {"messages": list(prompt) + list(completion)}
 
-    drop = [c for c in ("prompt", "completion") if c in dataset.column_names]  # GKD takes `prompt` as rendered text
-    return dataset.map(convert, remove_columns=drop)
+def _messages_row(row, index: int | None, prompt_only_ok: bool, what: str) -> dict:
+    """`{"messages": ...}` of one row (`messages` kept; `prompt` [+ `completion`] converted); with `index` (a row of
+    an iterable dataset, read lazily) the row is checked first and a bad one named by its index in the stream."""
+    if index is not None:
+        check_row(row, index, what)
+    if "messages" in row:
+        return {"messages": row["messages"]}
+    if "prompt" not in row:
+        raise ValueError(f"{what} needs a 'messages' or a 'prompt' column; row {index} has {sorted(row)}.")
+    if "completion" not in row and not prompt_only_ok:
+        raise ValueError(f"{what}: row {index} has no completion, and a prompt-only row needs on-policy or teacher "
+                         "sampling: set lmbda=1.0 or seq_kd=True.")
+    prompt = [{"role": "user", "content": row["prompt"]}] if isinstance(row["prompt"], str) else row["prompt"]
+    completion = row.get("completion", "")
+    if isinstance(completion, str):
+        completion = [{"role": "assistant", "content": completion}]
+    return {"messages": list(prompt) + list(completion)}
 
 
 def cut_after_stop(ids: list[int], stop_ids: list[int]) -> list[int]:
@@ -109,6 +142,24 @@ def reported_vocab_size(model: PreTrainedModel, size: int):
         yield
     finally:
         config.vocab_size = original
+
+
+@contextlib.contextmanager
+def without_distillation_notice():
+    """Drop GKD's "fully covered by `DistillationTrainer`, consider migrating" warning (`lmbda=1.0`,
+    `temperature=1.0`) while a `KDTrainer` is built: it already has what the notice offers (vLLM sampling, a chunked
+    loss that never holds full logits). Only that message, only from GKD's logger, only inside our constructor: a
+    plain `GKDTrainer` still warns."""
+    gkd_logger = logging.getLogger(GKDTrainer.__module__)
+
+    def not_the_notice(record: logging.LogRecord) -> bool:
+        return "fully covered by `DistillationTrainer`" not in record.getMessage()
+
+    gkd_logger.addFilter(not_the_notice)
+    try:
+        yield
+    finally:
+        gkd_logger.removeFilter(not_the_notice)
 
 
 class KDTrainer(ResumableTrainerMixin, GKDTrainer):
@@ -161,7 +212,8 @@ class KDTrainer(ResumableTrainerMixin, GKDTrainer):
         teacher_model.requires_grad_(False)  # never trained: no gradients, and ZeRO-3/FSDP2 need not reduce any
         self._check_rows("teacher", text_vocab_size(teacher_model))
         student_rows = None if isinstance(model, str) else text_vocab_size(model)
-        with reported_vocab_size(teacher_model, student_rows or text_vocab_size(teacher_model)):
+        with reported_vocab_size(teacher_model, student_rows or text_vocab_size(teacher_model)), \
+                without_distillation_notice():
             super().__init__(model, teacher_model, args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                              processing_class=processing_class, **kwargs)
         self._check_rows("student", text_vocab_size(self.model))
@@ -173,13 +225,22 @@ class KDTrainer(ResumableTrainerMixin, GKDTrainer):
 
     def _checked_dataset(self, dataset, tokenizer, prompt_only_ok: bool, what: str):
         """`dataset` in GKD's `messages` format, every row checked (`to_messages_dataset`) and none over the limits
-        of `self._row_limits`."""
+        of `self._row_limits`: at once for a `Dataset`; for an `IterableDataset`, as each row is read (lazily)."""
         dataset = to_messages_dataset(dataset, prompt_only_ok, what)
+        if isinstance(dataset, Mapping):
+            return type(dataset)({name: self._checked_dataset(part, tokenizer, prompt_only_ok, f"{what} {name!r}")
+                                  for name, part in dataset.items()})
+        if isinstance(dataset, IterableDataset) and any(v is not None for v in self._row_limits.values()):
+            limits = {"max_length": self._row_limits["max_length"],
+                      "max_prompt_length": self._row_limits["max_prompt_length"]}
+            return lazily_checked(dataset, lambda row, index: check_chat_row_lengths(
+                row["messages"], index, tokenizer, what, **limits))
         check_chat_lengths(dataset, tokenizer, what, **self._row_limits)
         return dataset
 
     def get_eval_dataloader(self, eval_dataset=None):
-        if isinstance(eval_dataset, Dataset):  # `evaluate(dataset)` accepts the same formats and checks as training
+        # `evaluate(dataset)` (each set of a dict, one by one) accepts the same formats and checks as training
+        if isinstance(eval_dataset, (Dataset, IterableDataset)):
             eval_dataset = self._checked_dataset(eval_dataset, self.processing_class, True, "the evaluation dataset")
         return super().get_eval_dataloader(eval_dataset)
 

@@ -7,6 +7,9 @@ input never turns into a silent wrong result or an error deep inside TRL or torc
 - [`check_vocab_size`]: a `vocab_size` that would cut the tokenizer's last tokens out of the loss.
 - [`check_dataset_rows`] / [`check_prompt_answer_rows`]: an empty dataset, a `None` row, a missing, `None` or empty
   prompt, and (where answers are graded) a missing, `None` or empty gold answer, named by row index.
+- Iterable (streaming) datasets cannot be scanned whole before training: [`check_dataset_rows`] checks their first
+  row at once, and [`lazily_checked`] / [`check_row`] check every row as it is read (named by its index in the
+  stream), so a bad row stops the run when it is reached instead of being trained on.
 - [`check_prompt_lengths`] / [`check_chat_lengths`]: a row over `max_length`. TRL's collator keeps the *last*
   `max_length` tokens, so the prompt would lose its start (`19-14-28=?` read as `9-14-28=?`) while the row is still
   graded against its own answer; every trainer refuses such a row instead.
@@ -22,6 +25,8 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from datasets import IterableDataset
 
 # --- configs -----------------------------------------------------------------------------------------------------
 
@@ -116,10 +121,12 @@ def check_dataset_rows(dataset, what: str = "the dataset", *, answer_column: str
     `answer_column`, a gold answer; the first bad row is named by its index.
 
     Args:
-        dataset (`datasets.Dataset`, `list[dict]`, `dict[str, Dataset]` or `None`):
-            The rows (a dict of evaluation datasets: each of them). The prompt is the `prompt` column, else the
-            `messages` column (GKD's format); a dataset with neither is left to the caller's column check. `None` and
-            iterable datasets (rows unknown before training) are not checked.
+        dataset (`datasets.Dataset`, `datasets.IterableDataset`, `list[dict]`, `dict[str, Dataset]` or `None`):
+            The rows (a dict of evaluation datasets, `DatasetDict` and `IterableDatasetDict` included: each of them).
+            The prompt is the `prompt` column, else the `messages` column (GKD's format); a dataset with neither is
+            left to the caller's column check. An `IterableDataset` cannot be scanned whole before training: only its
+            first row is checked here (an empty one is refused); [`lazily_checked`] checks the others as they are
+            read. `None` and other iterables of unknown length are not checked.
         what (`str`, *optional*, defaults to `"the dataset"`):
             How the error names the dataset, e.g. `"the training dataset"`.
         answer_column (`str` or `None`, *optional*, defaults to `None`):
@@ -132,6 +139,12 @@ def check_dataset_rows(dataset, what: str = "the dataset", *, answer_column: str
         for name, part in dataset.items():
             check_dataset_rows(part, f"{what} {name!r}", answer_column=answer_column)
         return
+    if isinstance(dataset, IterableDataset):
+        first = next(iter(dataset), None)
+        if first is None:
+            raise ValueError(f"{what} is empty: it has no rows. Pass a dataset with at least one row.")
+        check_row(first, 0, what, answer_column=answer_column)
+        return
     size = _length(dataset)
     if size is None:
         return
@@ -142,18 +155,36 @@ def check_dataset_rows(dataset, what: str = "the dataset", *, answer_column: str
         _check_columns(dataset, names, what, answer_column)
         return
     for i, row in enumerate(dataset):
-        if not isinstance(row, Mapping):
-            raise ValueError(f"{what}: row {i} is {row!r:.60}, not a row (a dict of columns).")
-        key = "prompt" if "prompt" in row else "messages" if "messages" in row else None
-        problem = None if key is None else _prompt_problem(row[key], key)
-        if problem is None and "completion" in row:
-            problem = _completion_problem(row["completion"], "completion")
-        if problem is None and answer_column is not None:
-            if answer_column not in row:
-                raise ValueError(f"{what} needs a gold-answer column {answer_column!r}; row {i} lacks it.")
-            problem = _answer_problem(row[answer_column], answer_column)
-        if problem is not None:
-            raise ValueError(f"{what}: row {i} {problem}. Fix or drop that row.")
+        check_row(row, i, what, answer_column=answer_column)
+
+
+def check_row(row, index: int, what: str = "the dataset", *, answer_column: str | None = None) -> None:
+    """[`check_dataset_rows`] on one row, `index` naming it: a row that is not a mapping, a `None` or empty prompt
+    (or `messages`), a `None` completion and, with `answer_column`, a missing, `None` or blank gold answer."""
+    if not isinstance(row, Mapping):
+        raise ValueError(f"{what}: row {index} is {row!r:.60}, not a row (a dict of columns).")
+    key = "prompt" if "prompt" in row else "messages" if "messages" in row else None
+    problem = None if key is None else _prompt_problem(row[key], key)
+    if problem is None and "completion" in row:
+        problem = _completion_problem(row["completion"], "completion")
+    if problem is None and answer_column is not None:
+        if answer_column not in row:
+            raise ValueError(f"{what} needs a gold-answer column {answer_column!r}; row {index} lacks it.")
+        problem = _answer_problem(row[answer_column], answer_column)
+    if problem is not None:
+        raise ValueError(f"{what}: row {index} {problem}. Fix or drop that row.")
+
+
+def lazily_checked(dataset: IterableDataset, check) -> IterableDataset:
+    """`dataset` with `check(row, index)` run on every row as it is read (an iterable dataset cannot be scanned
+    before training): a bad row raises the check's `ValueError` when training or evaluation reaches it, before that
+    row is used. Rows and columns are unchanged."""
+
+    def checked(row, index):
+        check(row, index)
+        return {}
+
+    return dataset.map(checked, with_indices=True, features=dataset.features)
 
 
 def _check_columns(dataset, names: list[str], what: str, answer_column: str | None) -> None:
@@ -224,10 +255,16 @@ def check_prompt_lengths(lengths: Iterable[int], max_length: int | None, what: s
     if max_length is None:
         return
     for i, length in enumerate(lengths):
-        if length > max_length:
-            raise ValueError(f"{what}: row {i}'s {part} has {length} tokens, over {limit_name}={max_length}. It "
-                             f"would be cut and the model would see another problem than the one graded. Raise "
-                             f"`{limit_name}`, or shorten or drop that row.")
+        check_row_length(length, max_length, i, what, part, limit_name)
+
+
+def check_row_length(length: int, max_length: int | None, index: int, what: str = "the dataset",
+                     part: str = "prompt", limit_name: str = "max_length") -> None:
+    """[`check_prompt_lengths`] on one row, `index` naming it (rows of an iterable dataset, checked as read)."""
+    if max_length is not None and length > max_length:
+        raise ValueError(f"{what}: row {index}'s {part} has {length} tokens, over {limit_name}={max_length}. It "
+                         f"would be cut and the model would see another problem than the one graded. Raise "
+                         f"`{limit_name}`, or shorten or drop that row.")
 
 
 def _token_counts(tokenizer, texts: list[str], batch_size: int = 1024) -> list[int]:
@@ -272,6 +309,22 @@ def check_chat_lengths(dataset, tokenizer, what: str = "the dataset", *, max_len
         prompt_only = all(not _text(m[-1].get("content")) for m in messages)  # the target is sampled in training
         check_prompt_lengths(_token_counts(tokenizer, rows), max_length, what,
                              part="prompt" if prompt_only else "prompt + completion")
+
+
+def check_chat_row_lengths(messages: list, index: int, tokenizer, what: str = "the dataset", *,
+                           max_length: int | None = None, max_prompt_length: int | None = None,
+                           prompt_limit_name: str = "max_prompt_length") -> None:
+    """[`check_chat_lengths`] on one row's `messages`, `index` naming it: for iterable datasets, whose rows are
+    checked as they are read ([`lazily_checked`])."""
+    if max_prompt_length is not None:
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        check_row_length(length, max_prompt_length, index, what, limit_name=prompt_limit_name)
+    if max_length is not None:
+        length = len(tokenizer(tokenizer.apply_chat_template(messages, tokenize=False),
+                               add_special_tokens=False)["input_ids"])
+        part = "prompt" if not _text(messages[-1].get("content")) else "prompt + completion"
+        check_row_length(length, max_length, index, what, part)
 
 
 # --- files and models ---------------------------------------------------------------------------------------------

@@ -14,15 +14,23 @@ fused LM head, missing candidates masked out of both softmaxes, rewards kept ali
 """
 
 import logging
+import textwrap
 from dataclasses import dataclass
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
 from .._trl import DPOTrainer
 from ..checkpointing import ResumableTrainerMixin
-from ..validation import check_dataset_rows, check_not_meta, check_output_dir, check_prompt_lengths
+from ..validation import (
+    check_dataset_rows,
+    check_not_meta,
+    check_output_dir,
+    check_prompt_lengths,
+    check_row,
+    check_row_length,
+)
 from .config import CoTDPOConfig
 from .loss import cotd_po_loss
 
@@ -60,22 +68,32 @@ def encode_context(tokenizer: PreTrainedTokenizerBase, prompt, rationale: str | 
 
 def check_groups(dataset: Dataset, args: CoTDPOConfig) -> None:
     """Raise `ValueError` naming the row and the problem unless every row is a valid group (spec §9.2)."""
+    check_group_columns(dataset.column_names, args)
+    has_ids = "completion_token_ids" in dataset.column_names
+    for i, row in enumerate(dataset):
+        check_group(row, i, args, has_ids)
+
+
+def check_group_columns(columns: list[str], args: CoTDPOConfig) -> None:
+    """Raise `ValueError` naming what is missing unless `columns` hold a group's columns."""
     needed = {"prompt", "completions", "rewards"} | ({"rationale"} if args.use_teacher_rationale else set())
-    missing = needed - set(dataset.column_names)
+    missing = needed - set(columns)
     if missing:
         hint = " (the teacher's CoT; or set use_teacher_rationale=False)" if "rationale" in missing else ""
         raise ValueError(f"a CoTD-PO dataset needs columns {sorted(needed)}; it lacks {sorted(missing)}{hint}.")
-    has_ids = "completion_token_ids" in dataset.column_names
-    for i, row in enumerate(dataset):
-        completions, rewards = row["completions"], row["rewards"]
-        if isinstance(completions, str) or not completions:
-            raise ValueError(f"row {i}: `completions` must be a non-empty list of answers, got {completions!r:.100}.")
-        if len(rewards) != len(completions):
-            raise ValueError(f"row {i}: {len(completions)} completions but {len(rewards)} rewards; pass one each.")
-        if has_ids and len(row["completion_token_ids"]) != len(completions):
-            raise ValueError(f"row {i}: `completion_token_ids` must hold one id list per completion.")
-        if args.use_teacher_rationale and not isinstance(row["rationale"], str):
-            raise ValueError(f"row {i}: `rationale` must be a string, got {row['rationale']!r:.100}.")
+
+
+def check_group(row: dict, i: int, args: CoTDPOConfig, has_ids: bool) -> None:
+    """Raise `ValueError` naming row `i` unless it is a valid group: K answers, K rewards (and K id lists)."""
+    completions, rewards = row["completions"], row["rewards"]
+    if isinstance(completions, str) or not completions:
+        raise ValueError(f"row {i}: `completions` must be a non-empty list of answers, got {completions!r:.100}.")
+    if len(rewards) != len(completions):
+        raise ValueError(f"row {i}: {len(completions)} completions but {len(rewards)} rewards; pass one each.")
+    if has_ids and len(row["completion_token_ids"]) != len(completions):
+        raise ValueError(f"row {i}: `completion_token_ids` must hold one id list per completion.")
+    if args.use_teacher_rationale and not isinstance(row["rationale"], str):
+        raise ValueError(f"row {i}: `rationale` must be a string, got {row['rationale']!r:.100}.")
 
 
 @dataclass
@@ -131,7 +149,18 @@ class CoTDPOTrainer(ResumableTrainerMixin, DPOTrainer):
 
     _tag_names = ["trl", "dpo", "trl-reasoning-distill", "cotd-po"]
     _name = "CoTD-PO"
-    _paper = {"title": "CoTD-PO: Chain-of-Thought Distillation with Preference Optimization"}
+    _paper = {
+        "title": "CoTD-PO: Chain-of-Thought Distillation with Preference Optimization",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @misc{niu_cotd_po,
+                title  = {{CoTD-PO: Chain-of-Thought Distillation with Preference Optimization}},
+                author = {Lujie Niu and Haochen Sun and Fangkun Zhao and Sheng Chen and Zimeng Bai and Jiawei Zhang
+                          and Caixia Yuan and Xiaojie Wang},
+                note   = {Beijing University of Posts and Telecommunications. Code:
+                          \\url{https://github.com/little-mushroom0/COTD_PO}},
+            }"""),
+    }
 
     def __init__(self, model, args: CoTDPOConfig | None = None, train_dataset: Dataset | None = None,
                  processing_class: PreTrainedTokenizerBase | None = None, data_collator=None, **kwargs):
@@ -177,15 +206,26 @@ class CoTDPOTrainer(ResumableTrainerMixin, DPOTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         """Tokenize each group once (idempotent: a tokenized dataset is returned as is). A prompt longer than
         `max_length` is refused, as in every trainer; answers longer than `max_length` allows lose their tail; groups
-        whose prompt + rationale reaches `max_length` are dropped."""
-        if not isinstance(dataset, Dataset):
-            raise ValueError(f"CoTDPOTrainer needs a map-style `datasets.Dataset`, got {type(dataset).__name__}.")
-        if set(COLUMNS) <= set(dataset.column_names):
+        whose prompt + rationale reaches `max_length` are dropped.
+
+        An `IterableDataset` (streaming; its columns known or not) cannot be scanned up front: its first row is
+        checked here and every row as it is read (rows, groups and prompt lengths, named by their index in the
+        stream); groups without room for an answer are dropped as they are read, without a count."""
+        if not isinstance(dataset, (Dataset, IterableDataset)):
+            raise ValueError(f"CoTDPOTrainer needs a `datasets.Dataset` or `IterableDataset`, got "
+                             f"{type(dataset).__name__}.")
+        what = f"the {dataset_name} dataset"
+        check_dataset_rows(dataset, what)  # an IterableDataset: its first row
+        columns = dataset.column_names
+        if columns is None:  # streaming, columns unknown: those of the first row
+            columns = list(next(iter(dataset)))
+        if set(COLUMNS) <= set(columns):
             return dataset
-        check_dataset_rows(dataset, f"the {dataset_name} dataset")
-        check_groups(dataset, args)
+        check_group_columns(columns, args)
+        if isinstance(dataset, Dataset):
+            check_groups(dataset, args)
         tokenizer = processing_class
-        has_ids = "completion_token_ids" in dataset.column_names
+        has_ids = "completion_token_ids" in columns
 
         def tokenize(row):
             rationale = row["rationale"] if args.use_teacher_rationale else None
@@ -200,6 +240,18 @@ class CoTDPOTrainer(ResumableTrainerMixin, DPOTrainer):
                     "completion_ids": [a[:room] for a in answers],
                     "rewards": [float("nan") if r is None else float(r) for r in row["rewards"]]}
 
+        if isinstance(dataset, IterableDataset):
+            def checked_tokenize(row, index):
+                check_row(row, index, what)
+                check_group(row, index, args, has_ids)
+                out = tokenize(row)
+                check_row_length(len(out["prefix_ids"]), args.max_length, index, what)
+                return out
+
+            dataset = dataset.map(checked_tokenize, with_indices=True)
+            if args.max_length is None:
+                return dataset
+            return dataset.filter(lambda row: len(row["prefix_ids"]) + len(row["rationale_ids"]) < args.max_length)
         dataset = dataset.map(tokenize, num_proc=args.dataset_num_proc, desc=f"Tokenizing {dataset_name} groups")
         check_prompt_lengths((len(ids) for ids in dataset["prefix_ids"]), args.max_length,
                              f"the {dataset_name} dataset")
