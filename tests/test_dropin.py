@@ -94,6 +94,27 @@ def test_a_subclass_accepts_the_forms_through_the_shared_path(tmp_path, tokenize
     assert any(key.startswith("tsd_kd/") for key in trainer.state.log_history[0])
 
 
+@pytest.mark.parametrize("method", ["vcrd", "brts", "gen_ssd"])
+def test_the_other_subclasses_accept_streams_and_named_eval_sets(tmp_path, method):
+    """VCRD converts its own columns first (`to_vcrd_dataset`), BRTS and Gen-SSD read gold answers: a stream with
+    unknown columns trains, and named sets (one of them streamed) evaluate, also when given to `evaluate`."""
+    from test_model_cards import answer_rows, make_trainer
+    from test_vcrd_trainer import vcrd_rows
+
+    from trl_reasoning_distill.toy import load_toy_student, load_toy_teacher, load_toy_tokenizer
+
+    tokenizer = load_toy_tokenizer()
+    rows = vcrd_rows(4) if method == "vcrd" else answer_rows(4)
+    built = make_trainer(method, tmp_path, tokenizer)  # the method's test settings, then the same on every form
+    trainer = type(built)(model=load_toy_student(), teacher_model=load_toy_teacher(), args=built.args,
+                          train_dataset=stream(rows.to_list()),
+                          eval_dataset=DatasetDict(mapped=rows, streamed=rows.to_iterable_dataset()),
+                          processing_class=tokenizer)
+    trainer.train()
+    assert {"eval_mapped_loss", "eval_streamed_loss"} <= set(trainer.evaluate())
+    assert {"eval_a_loss", "eval_b_loss"} <= set(trainer.evaluate({"a": stream(rows.to_list()), "b": rows}))
+
+
 def test_evaluate_accepts_a_dict_of_new_sets(tmp_path, tokenizer):
     rows = kd_rows()
     trainer = kd_trainer(tmp_path, Dataset.from_list(rows), None, tokenizer, lmbda=0.0)

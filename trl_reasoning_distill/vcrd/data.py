@@ -86,15 +86,19 @@ def to_vcrd_dataset(dataset: Dataset | None, student_rollout: str = "offline") -
     """
     if dataset is None:
         return None
+    if isinstance(dataset, dict):  # DatasetDict, IterableDatasetDict or named evaluation sets: each converted
+        return type(dataset)({name: to_vcrd_dataset(part, student_rollout) for name, part in dataset.items()})
     columns = dataset.column_names
+    if columns is None:  # a streaming dataset whose columns are unknown: those of its first row
+        columns = list(next(iter(dataset), {}))
     teacher = _column(columns, TEACHER_COLUMNS, "teacher")
     student = _column(columns, STUDENT_COLUMNS, "student")
     if teacher is None and not ("messages" in columns and "prompt" not in columns):
         raise ValueError(f"a VCRD dataset needs 'prompt' and a teacher response ('teacher_completion' or 'chosen'), "
                          f"or 'messages' ending with it; it has {columns}.")
     if student_rollout == "online":
-        dataset, student = (dataset.remove_columns(student) if student else dataset), None
-        columns = dataset.column_names
+        dataset = dataset.remove_columns(student) if student else dataset
+        columns, student = [c for c in columns if c != student], None
     elif student is None:
         raise ValueError(f"student_rollout='offline' needs student responses ('student_completion' or 'rejected'); "
                          f"the dataset has {columns}. Sample them with `sample_vcrd_rollouts`, or set "

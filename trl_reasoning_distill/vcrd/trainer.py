@@ -20,7 +20,7 @@ from itertools import accumulate
 from typing import NamedTuple
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from transformers import AutoModelForTokenClassification
 
 from .._trl import unwrap_model_for_generation
@@ -158,7 +158,7 @@ class VCRDTrainer(KDTrainer):
         return prm
 
     def get_eval_dataloader(self, eval_dataset=None):
-        if isinstance(eval_dataset, Dataset):  # `evaluate(dataset)` accepts the training formats
+        if isinstance(eval_dataset, (Dataset, IterableDataset)):  # `evaluate(dataset)` accepts the training formats
             eval_dataset = to_vcrd_dataset(eval_dataset, self.args.student_rollout)
         return super().get_eval_dataloader(eval_dataset)
 
