@@ -146,3 +146,31 @@ def test_chatml_collator_output_keys(tokenizer):
     row = batch["labels"][0][batch["attention_mask"][0].bool()]
     assert (row[:n_prompt] == -100).all() and (row[n_prompt:] != -100).all()
     assert tokenizer.decode(row[n_prompt:]).startswith("\\boxed{3}")
+
+
+def test_model_card_takes_the_name_and_citation_from_the_class():
+    # every trainer cites its paper by setting `_name` and `_paper["citation"]` (tests/test_model_cards.py)
+    from trl.trainer.base_trainer import _BaseTrainer
+
+    source = inspect.getsource(_BaseTrainer.create_model_card)
+    assert "trainer_name=self._name" in source
+    assert 'trainer_citation=self._paper.get("citation")' in source
+    assert isinstance(GKDTrainer._paper.get("citation"), str)  # KDTrainer's card cites GKD's paper, inherited
+
+
+def test_gkd_distillation_notice_is_logged_by_its_module_logger():
+    # KDTrainer filters this one message from this logger while it is built (kd_trainer.without_distillation_notice)
+    import trl.experimental.gkd.gkd_trainer as gkd_module
+
+    assert GKDTrainer.__module__ == gkd_module.__name__
+    assert gkd_module.logger.logger.name == gkd_module.__name__
+    assert "fully covered by `DistillationTrainer`" in inspect.getsource(GKDTrainer.__init__)
+
+
+@pytest.mark.parametrize("trainer_cls", [SFTTrainer, DPOTrainer])
+def test_trl_trainers_accept_iterable_and_named_eval_datasets(trainer_cls):
+    # the dataset forms our trainers accept too (tests/test_dropin.py)
+    parameters = inspect.signature(trainer_cls.__init__).parameters
+    assert "IterableDataset" in str(parameters["train_dataset"].annotation)
+    for form in ("IterableDataset", "DatasetDict", "IterableDatasetDict", "dict[str"):
+        assert form in str(parameters["eval_dataset"].annotation), form
