@@ -183,6 +183,27 @@ def test_an_empty_stream_and_a_bad_named_eval_set_are_refused(tmp_path, tokenize
                                                                    bad=Dataset.from_list(bad)), tokenizer)
 
 
+@pytest.mark.parametrize("method", ["brts", "gen_ssd"])
+def test_a_streamed_row_without_a_gold_answer_stops_grading_trainers_when_read(tmp_path, method):
+    """BRTS and Gen-SSD (`keep_only_correct`) grade against `answer`: a None answer would be graded as "None"."""
+    from test_model_cards import answer_rows, make_trainer
+
+    from trl_reasoning_distill.toy import load_toy_student, load_toy_teacher, load_toy_tokenizer
+
+    tokenizer = load_toy_tokenizer()
+    rows = answer_rows(4).to_list()
+    rows[3]["answer"] = None
+    built = make_trainer(method, tmp_path, tokenizer)
+    args = built.args
+    args.max_steps = 2
+    if method == "gen_ssd":
+        args.keep_only_correct = True
+    trainer = type(built)(model=load_toy_student(), teacher_model=load_toy_teacher(), args=args,
+                          train_dataset=stream(rows), processing_class=tokenizer)
+    with pytest.raises(ValueError, match="the training dataset: row 3 has no gold answer"):
+        trainer.train()
+
+
 def test_cotd_po_checks_streamed_groups_when_read(tmp_path, tokenizer):
     rows = group_rows(n=4)
     rows[3]["rewards"] = rows[3]["rewards"][:-1]

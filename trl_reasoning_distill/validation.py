@@ -175,6 +175,15 @@ def check_row(row, index: int, what: str = "the dataset", *, answer_column: str 
         raise ValueError(f"{what}: row {index} {problem}. Fix or drop that row.")
 
 
+def checked_rows(dataset, what: str = "the dataset", *, answer_column: str | None = None):
+    """[`check_dataset_rows`], returning `dataset`; an `IterableDataset` is returned [`lazily_checked`] with
+    [`check_row`], so every row after the first is checked as it is read."""
+    check_dataset_rows(dataset, what, answer_column=answer_column)
+    if not isinstance(dataset, IterableDataset):
+        return dataset
+    return lazily_checked(dataset, lambda row, index: check_row(row, index, what, answer_column=answer_column))
+
+
 def lazily_checked(dataset: IterableDataset, check) -> IterableDataset:
     """`dataset` with `check(row, index)` run on every row as it is read (an iterable dataset cannot be scanned
     before training): a bad row raises the check's `ValueError` when training or evaluation reaches it, before that

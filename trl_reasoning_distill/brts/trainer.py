@@ -26,7 +26,7 @@ from ..divergence import global_token_mean
 from ..generation import Generator, HFGenerator, Sample
 from ..generation.vllm import teacher_generator_from_config
 from ..kd_trainer import AnswerCollator, KDTrainer, last_hidden_state
-from ..validation import check_dataset_rows
+from ..validation import checked_rows
 from ..verify import extract_answer, grade
 from .config import BRTSConfig
 from .loss import BRTSLossOutput, brts_loss, student_topk_rkl, teacher_topk, teacher_topk_fkl_chunked
@@ -80,7 +80,7 @@ class BRTSTrainer(KDTrainer):
             raise ValueError(f"BRTS grades the teacher's rollouts against the ground truth: the training dataset "
                              f"needs an {args.answer_column!r} column (see `answer_column`); it has {columns}.")
         if args.teacher_context_coef > 0:  # a None or blank answer would be graded as "None" or ""
-            check_dataset_rows(train_dataset, "the training dataset", answer_column=args.answer_column)
+            train_dataset = checked_rows(train_dataset, "the training dataset", answer_column=args.answer_column)
         super().__init__(model, teacher_model, args, train_dataset=train_dataset, **kwargs)
         self.teacher_generator = teacher_generator or teacher_generator_from_config(
             args, self.accelerator.unwrap_model(self.teacher_model), self.processing_class,

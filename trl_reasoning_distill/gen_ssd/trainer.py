@@ -22,7 +22,7 @@ from ..chunked import chunked_cross_entropy
 from ..generation import Generator
 from ..generation.vllm import teacher_generator_from_config
 from ..kd_trainer import AnswerCollator, KDTrainer, last_hidden_state
-from ..validation import check_dataset_rows
+from ..validation import checked_rows
 from ..verify import extract_answer, grade
 from .config import GenSSDConfig
 from .sampler import (
@@ -77,7 +77,7 @@ class GenSSDTrainer(KDTrainer):
             raise ValueError(f"keep_only_correct=True grades the selected trajectories: the training dataset needs an "
                              f"{args.answer_column!r} column (see `answer_column`); it has {columns}.")
         if args.keep_only_correct:  # a None or blank answer would be graded as "None" or "": nothing would be kept
-            check_dataset_rows(train_dataset, "the training dataset", answer_column=args.answer_column)
+            train_dataset = checked_rows(train_dataset, "the training dataset", answer_column=args.answer_column)
         super().__init__(model, teacher_model, args, train_dataset=train_dataset, **kwargs)
         self.teacher_generator = teacher_generator or teacher_generator_from_config(
             args, self.accelerator.unwrap_model(self.teacher_model), self.processing_class,
