@@ -1,5 +1,10 @@
 """TSDKDTrainer and TSDKDConfig: training on the toy models, metrics, GKD equivalence, paper defaults, validation."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import CPU_TRAINING
@@ -92,37 +97,68 @@ def test_chunked_path_equals_full_logits(tmp_path, tiny_student, tiny_teacher, t
         assert chunked._metrics["train"][key][-1] == pytest.approx(dense._metrics["train"][key][-1], rel=1e-4)
 
 
-@pytest.mark.parametrize("terms", [
-    pytest.param({"indirect_coef": 1.0, "entropy_coef": 0.0}, id="indirect"),
-    pytest.param({"indirect_coef": 0.0, "entropy_coef": 1.0}, id="entropy"),
-    pytest.param({"adaptive_opener": True, "loss_chunk_size": 0}, id="all-adaptive-logits"),
-])  # fmt: skip
+INVARIANCE_TERMS = {
+    "indirect": {"indirect_coef": 1.0, "entropy_coef": 0.0},
+    "entropy": {"indirect_coef": 0.0, "entropy_coef": 1.0},
+    "all-adaptive-logits": {"adaptive_opener": True, "loss_chunk_size": 0},
+}
+
+
+def one_sgd_step(output_dir, tokenizer, batch: int, accumulation: int, terms: dict):
+    """One SGD step (lr 1, no clipping) on the toy models from the 8 rows of `toy_rows()`: (this process's summed
+    micro-batch losses, the student's weights after the step)."""
+    from trl_reasoning_distill.toy.models import build_student, build_teacher
+
+    student = build_student(tokenizer, seed=1)
+    trainer = make_trainer(output_dir, student, build_teacher(tokenizer, seed=2), tokenizer, lmbda=0.0, top_k=3,
+                           per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=1,
+                           optim="sgd", learning_rate=1.0, max_grad_norm=0.0, **terms)
+    losses = []
+
+    def recorded(*args, _compute_loss=trainer.compute_loss, **kwargs):
+        losses.append(_compute_loss(*args, **kwargs))
+        return losses[-1]
+
+    trainer.compute_loss = recorded
+    trainer.train()
+    return sum(loss.item() for loss in losses), [p.detach().clone() for p in student.parameters()]
+
+
+def assert_same_step(actual, expected):
+    assert actual[0] == pytest.approx(expected[0], abs=1e-6)
+    for weight, reference in zip(actual[1], expected[1], strict=True):
+        torch.testing.assert_close(weight, reference, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("terms", list(INVARIANCE_TERMS))
 def test_loss_and_update_do_not_depend_on_the_per_device_batch(tmp_path, tokenizer, terms):
     """Items 4 and 7 of the scale issue: 8 x 1, 4 x 2 and 2 x 4 (batch x accumulation) on one process give the same
     loss and the same SGD update: each term is normalised over the whole global batch, not per micro-batch."""
-    from trl_reasoning_distill.toy.models import build_student, build_teacher
+    results = [one_sgd_step(tmp_path / f"{b}x{a}", tokenizer, b, a, INVARIANCE_TERMS[terms])
+               for b, a in ((8, 1), (4, 2), (2, 4))]
+    for other in results[1:]:
+        assert_same_step(other, results[0])
 
-    teacher = build_teacher(tokenizer, seed=2)
-    results = []
-    for batch, accumulation in ((8, 1), (4, 2), (2, 4)):
-        student = build_student(tokenizer, seed=1)
-        trainer = make_trainer(tmp_path / f"{batch}x{accumulation}", student, teacher, tokenizer, lmbda=0.0, top_k=3,
-                               per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                               max_steps=1, optim="sgd", learning_rate=1.0, max_grad_norm=0.0, **terms)
-        losses = []
 
-        def recorded(*args, _compute_loss=trainer.compute_loss, _losses=losses, **kwargs):
-            _losses.append(_compute_loss(*args, **kwargs))
-            return _losses[-1]
+def ddp_step(output_dir: str, terms: str) -> None:
+    """Run by `test_two_processes_give_the_one_process_update` in each of 2 processes (4 rows each)."""
+    from trl_reasoning_distill.toy import load_toy_tokenizer
 
-        trainer.compute_loss = recorded
-        trainer.train()
-        results.append((sum(loss.item() for loss in losses), [p.detach().clone() for p in student.parameters()]))
-    (loss, weights), others = results[0], results[1:]
-    for other_loss, other_weights in others:
-        assert other_loss == pytest.approx(loss, abs=1e-6)
-        for actual, expected in zip(other_weights, weights, strict=True):
-            torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
+    loss, weights = one_sgd_step(Path(output_dir), load_toy_tokenizer(), 4, 1, INVARIANCE_TERMS[terms])
+    rank = int(os.environ["RANK"])
+    torch.save({"loss": loss, "weights": weights}, Path(output_dir) / f"ddp_{rank}.pt")
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_update(tmp_path, tokenizer):
+    """DDP (2 processes, gloo, 4 rows each) against one process with the 8 rows: the mean of the processes' losses
+    and the updated weights match (the counts are gathered over processes)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+                    __file__, str(tmp_path), "indirect"], check=True, timeout=600, env=env)
+    ranks = [torch.load(tmp_path / f"ddp_{rank}.pt") for rank in (0, 1)]
+    single = one_sgd_step(tmp_path / "single", tokenizer, 8, 1, INVARIANCE_TERMS["indirect"])
+    assert_same_step(((ranks[0]["loss"] + ranks[1]["loss"]) / 2, ranks[0]["weights"]), single)
 
 
 def test_paper_defaults(tmp_path):
@@ -151,3 +187,7 @@ def test_reference_code_compat_needs_one_ratio(tmp_path):
 def test_needs_a_tsd_kd_config(tmp_path, tiny_student, tiny_teacher, tokenizer):
     with pytest.raises(ValueError, match="TSDKDConfig"):
         make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, config_cls=KDConfig)
+
+
+if __name__ == "__main__":
+    ddp_step(sys.argv[1], sys.argv[2])
