@@ -32,7 +32,7 @@ VARIANTS = {  # name -> (trainer, config overrides)
     "BRTS N=2 + recovery": ("brts", {"num_teacher_rollouts": 2, "recovery": True}),
     "BRTS N=4": ("brts", {"num_teacher_rollouts": 4}),
     "BRTS N=4 + recovery": ("brts", {"num_teacher_rollouts": 4, "recovery": True}),
-    # Not run by default: spec §8 item 1's other candidate for the lost lambda.
+    # Not run by default: the other candidate for the paper's lost lambda (ours; the released code has a 'coef=1' run).
     "BRTS N=2, lambda 1": ("brts", {"num_teacher_rollouts": 2, "teacher_context_coef": 1.0}),
 }
 DEFAULT_VARIANTS = list(VARIANTS)[:6]

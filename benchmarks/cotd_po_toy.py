@@ -4,12 +4,12 @@ without the teacher's rationale, and the diversity of the student's samples.
 Every run starts from the cold-started student, and in round r every variant of a seed gets the same fresh training
 prompts (`round_prompt_indices`) and trains `--steps` steps on them with the same optimiser settings:
 - CoTD-PO variants: `run_rounds` with the toy teacher's greedy rationale, K student answers per prompt scored by
-  exact correctness (`ToyCorrectnessScorer`), the spec's loss defaults; "no teacher CoT" samples whole continuations.
+  exact correctness (`ToyCorrectnessScorer`), the config's loss defaults; "no teacher CoT" samples whole continuations.
 - Standard KD: verified teacher samples of the round's prompts (`rejection_sample`, 4 tries, the first correct kept),
   then TRL's `SFTTrainer`, continuing from the previous round's model.
 After each round: greedy pass@1 on `--n_test` held-out problems, and distinct-1/2 of 8 samples (temperature 1, top-p
 0.95) per prompt on the first `--diversity_prompts` of them: unique / total word n-grams within each prompt's set
-(words: runs of letters and digits, and single symbols), averaged over prompts (spec §4, intra-prompt Distinct-N).
+(words: runs of letters and digits, and single symbols), averaged over prompts (paper §3.1's intra-prompt Distinct-N).
 `mean_reward` is the mean teacher score of the round's student samples (CoTD-PO variants only).
 Rows are appended to `results/cotd_po_toy.csv` as they finish; each run's rounds live under `--workdir`, so a stopped
 study resumes where it stopped.

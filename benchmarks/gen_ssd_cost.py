@@ -1,4 +1,4 @@
-"""Gen-SSD on the toy world: what a kept trajectory costs, and what the data is worth (spec §5.3 checks 2, 4, 5).
+"""Gen-SSD on the toy world: what a kept trajectory costs, and what the data is worth (paper §4.3, §5.4, Table 4).
 
 Every data set is built by `GenSSDSampler` (the same code path) from the same training problems, scored by the
 cold-started toy student, and checked with `verify/`:

@@ -34,10 +34,10 @@ COLD_START, TEACHER = "student (cold start)", "teacher"
 STANDARD_KD, GKD, GEN_SSD, TSD_KD, VCRD, COTD_PO, BRTS = (
     "Standard KD", "GKD", "Gen-SSD", "TSD-KD", "VCRD", "CoTD-PO", "BRTS")
 METHODS = [STANDARD_KD, GKD, GEN_SSD, TSD_KD, VCRD, COTD_PO, BRTS]
-BASELINE = {  # the baseline each paper compares its method with (spec §5 of each method)
+BASELINE = {  # the baseline each paper compares its method with (its main results table)
     GEN_SSD: STANDARD_KD, TSD_KD: GKD, VCRD: GKD, COTD_PO: STANDARD_KD, BRTS: GKD,
 }
-PAPER_GAIN = {  # the paper's headline gain over that baseline (each spec's §5); a different task and scale
+PAPER_GAIN = {  # the paper's headline gain over that baseline (Table 1; BRTS: Table 2); a different task and scale
     GEN_SSD: "+5.9 avg. of 5 math benchmarks over Standard KD (QwQ-32B -> Qwen2.5-Math-1.5B)",
     TSD_KD: "+8.0 MATH over GKD beta 0.9 (Qwen2.5 14B -> 1.5B; 18.1 -> 26.1)",
     VCRD: "+2.2 / +3.1 avg. pass@1 over GKD (Qwen2-Math / Qwen2.5-Math 7B -> 1.5B)",

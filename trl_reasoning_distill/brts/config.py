@@ -1,7 +1,8 @@
 """`BRTSConfig`: `KDConfig` plus the hyperparameters of BRTS, with the paper's (or the authors' code's) defaults.
 
 Paper: On-Policy Distillation with Best-of-N Teacher Rollout Selection, https://huggingface.co/papers/2605.09725
-(values and their sources: BRTS spec, section 3; "[code]" marks values found only in the authors' verl fork).
+(values from the paper's §3, §4.1 and App. A-C; "[code]" marks values found only in the authors' released code,
+BWGZK-keke/BRTS@3885b18, a verl fork).
 """
 
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from .loss import (
 )
 from .selection import FALLBACKS
 
-TRAINER_ALIGNMENTS = ("positional", "teacher_ctx")  # spec §2.6 (the code) and §8 item 5
+TRAINER_ALIGNMENTS = ("positional", "teacher_ctx")  # the code's _topk_overlap; ours: overlap at the teacher prefix
 
 
 @dataclass
@@ -78,84 +79,86 @@ class BRTSConfig(TeacherGenerationConfig, KDConfig):
 
     lmbda: float = field(
         default=1.0,
-        metadata={"help": "On-policy fraction: 1.0, every step samples the student (spec §2.12 step 1); required."},
+        metadata={"help": "On-policy fraction: 1.0, every step samples the student (paper §3.1; App. A); required."},
     )
     temperature: float = field(
         default=1.0,
-        metadata={"help": "Student sampling and loss temperature: 1.0 (spec §3: rollout and logit temperature, "
-                          "[code])."},
+        metadata={"help": "Student sampling and loss temperature: 1.0 ([code]: rollout and logit temperature; "
+                          "the paper's App. A value is lost)."},
     )
     top_k: int = field(
         default=DEFAULT_TOP_K,
-        metadata={"help": "K of both loss branches and of the alignment score: 16 (spec §2.1, §3: [code] "
+        metadata={"help": "K of both loss branches and of the alignment score: 16 ([code] "
                           "LOG_PROB_TOP_K)."},
     )
     teacher_context_coef: float = field(
         default=DEFAULT_TEACHER_CONTEXT_COEF,
-        metadata={"help": "λ, weight of the teacher-context term: 0.05 (spec §2.10, §8 item 1: [code] "
-                          "AUX_TEACHER_CTX_KD_COEF; the paper's value is lost). 0 = plain OPD, no teacher rollouts."},
+        metadata={"help": "λ, weight of the teacher-context term: 0.05 ([code] AUX_TEACHER_CTX_KD_COEF; "
+                          "the paper's value, §3.3 and App. A, is lost). 0 = plain OPD, no teacher rollouts."},
     )
     student_context_estimator: str = field(
         default="topk_rkl",
-        metadata={"help": f"L_S per token, one of {STUDENT_CONTEXT_ESTIMATORS}: top-K reverse KL (spec §2.3, "
-                          "[code]); full_rkl is spec §8 item 8's exact sanity baseline."},
+        metadata={"help": f"L_S per token, one of {STUDENT_CONTEXT_ESTIMATORS}: top-K reverse KL (paper §3.1, "
+                          "§3.4; [code]); full_rkl: ours, the exact reverse KL of Eq. 2, a sanity baseline."},
     )
     weight_mode: str = field(
         default="student_p",
-        metadata={"help": f"Top-K weights of L_S, one of {WEIGHT_MODES}: student_p (spec §2.3, §3: [code] "
+        metadata={"help": f"Top-K weights of L_S, one of {WEIGHT_MODES}: student_p ([code] "
                           "reward_weight_mode)."},
     )
     teacher_context_mode: str = field(
         default="teacher_topk_fkl",
         metadata={"help": f"L_T per token, one of {TEACHER_CONTEXT_MODES}: forward KL over the teacher's top-K "
-                          "(spec §2.9, §8 item 2: the paper's runs)."},
+                          "on the selected trajectory (paper §3.3-3.4, Eq. 4)."},
     )
     truncate_to_student_length: bool = field(
         default=True,
-        metadata={"help": "Truncate the selected rollout to the student's rollout length in L_T (spec §2.9, §8 "
-                          "item 7: [code])."},
+        metadata={"help": "Truncate the selected rollout to the student's rollout length in L_T (ours: "
+                          "as the [code] does)."},
     )
     num_teacher_rollouts: int = field(
-        default=2, metadata={"help": "N, teacher rollouts per prompt: 2 (spec §3: paper main setting, [code])."}
+        default=2, metadata={"help": "N, teacher rollouts per prompt: 2 (paper main setting, Table 1; [code])."}
     )
     teacher_temperature: float = field(
-        default=0.7, metadata={"help": "Teacher sampling temperature: 0.7 (spec §2.4, §3: [code])."}
+        default=0.7, metadata={"help": "Teacher sampling temperature: 0.7 ([code]; the paper's App. A value is lost)."}
     )
-    teacher_top_p: float = field(default=0.95, metadata={"help": "Teacher top-p: 0.95 (spec §2.4, §3: [code])."})
+    teacher_top_p: float = field(default=0.95, metadata={"help": "Teacher top-p: 0.95 ([code]; App. A value lost)."})
     teacher_max_new_tokens: int | None = field(
         default=None,
         metadata={"help": "Longest teacher rollout; default max_new_tokens, 'the same maximum response length as "
-                          "the student' (spec §2.4)."},
+                          "the student' (paper App. A)."},
     )
     answer_column: str = field(
-        default="answer", metadata={"help": "Ground-truth answer column (spec §10.2: `answer`)."}
+        default="answer",
+        metadata={"help": "Ground-truth answer column (ours: the name; the ground truth of paper App. A)."},
     )
     answer_extraction: str = field(
         default="boxed",
-        metadata={"help": f"Answer extraction, one of {EXTRACTION_MODES}: the last \\boxed{{}} (spec §2.5)."},
+        metadata={"help": f"Answer extraction, one of {EXTRACTION_MODES}: the last \\boxed{{}} (paper App. B)."},
     )
     alignment: str = field(
         default="positional",
-        metadata={"help": f"Alignment score, one of {TRAINER_ALIGNMENTS}: positional (spec §2.6, [code]); "
-                          "teacher_ctx is spec §8 item 5's matched-prefix score."},
+        metadata={"help": f"Alignment score, one of {TRAINER_ALIGNMENTS}: positional ([code] _topk_overlap; "
+                          "paper §3.2); teacher_ctx: ours, the top-K overlap at the teacher's prefix."},
     )
     recovery: bool = field(
         default=False,
-        metadata={"help": "Tier 2, ground-truth-hinted recovery rollouts (spec §2.7-2.8); off in the paper's main "
-                          "runs (Table 1), on in Table 2's '2+1'."},
+        metadata={"help": "Tier 2, ground-truth-hinted recovery rollouts (paper §3.2, App. B); off in the paper's "
+                          "main runs (Table 1), on in Table 2's '2+1'."},
     )
     num_recovery_rollouts: int = field(
-        default=1, metadata={"help": "M2, hinted rollouts per unsolved prompt: 1 (spec §3: paper, [code])."}
+        default=1,
+        metadata={"help": "M2, hinted rollouts per unsolved prompt: 1 ('one additional', paper App. A; [code])."},
     )
     recovery_leak_filter: bool = field(
         default=False,
-        metadata={"help": "Reject hinted rollouts that mention the validation key (spec §8 item 14: off, as the "
-                          "code)."},
+        metadata={"help": "Reject hinted rollouts that mention the validation key (ours; off: the code "
+                          "has none)."},
     )
     tier3_fallback: str = field(
         default="most_similar",
-        metadata={"help": f"Tier 3, one of {FALLBACKS}: most_similar (spec §2.7, paper and code); skip is spec §8 "
-                          "item 15."},
+        metadata={"help": f"Tier 3, one of {FALLBACKS}: most_similar (paper §3.2, App. B; code); "
+                          "skip: ours, in neither."},
     )
 
     def __post_init__(self):

@@ -1,9 +1,10 @@
-"""`CoTDPOConfig`: `DPOConfig` plus the hyperparameters of CoTD-PO, with the spec's defaults.
+"""`CoTDPOConfig`: `DPOConfig` plus the hyperparameters of CoTD-PO, with the paper's or the released code's defaults.
 
 Paper: CoTD-PO: Chain-of-Thought Distillation with Preference Optimization (Niu et al.); authors' code
-github.com/little-mushroom0/COTD_PO (`cotdpo_o.py`). Values and their sources: CoTD-PO spec §3 (table), §7
-(resolutions of what the paper leaves open) and §9.5. Where the paper gives no value the released code's is used, so
-the loss defaults compute the code's loss (spec §2.12); the optimisation defaults are the paper's (§3).
+github.com/little-mushroom0/COTD_PO (`cotdpo_o.py`). Values and their sources: the paper (§2.2, §3.1, App. C),
+the released code, or ours where neither gives one. Where the paper gives no value the released code's is used, so
+the loss defaults compute the code's loss (`PromptLevelTrainer.compute_loss`); the optimisation defaults are the
+paper's (§3.1, "Training Details").
 """
 
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from ..generation.base import TeacherGenerationConfig
 from ..validation import check_finite_fields
 from .loss import LOGP_AGGREGATIONS, LOSS_MODES, RATIONALE_REDUCTIONS, REWARD_NORMALIZATIONS
 
-# The released code's user message (spec §4 "Prompt format"); `{prompt}` is replaced by the instruction.
+# The released code's user message (`cotdpo_o.py`; the paper gives none); `{prompt}` is replaced by the instruction.
 CODE_INSTRUCTION_TEMPLATE = (
     "Your task is to answer the question below. Provide a brief, step-by-step analysis of your thought process in "
     "answering the question, and then give your answer to the question. Please use the format 'My thought: ...' and "
@@ -35,7 +36,7 @@ class CoTDPOConfig(TeacherGenerationConfig, DPOConfig):
     to the paper's (or the released code's) values; see [`DPOConfig`]. DPO's loss settings (`beta`, `loss_type`,
     `loss_weights`, `ld_alpha`, `use_weighting`, `label_smoothing`, `f_divergence_type`, `sync_ref_model`) are not
     used and must keep their defaults; `precompute_ref_log_probs` is forced to `True`, which only stops
-    [`DPOTrainer`] from building a reference copy of the policy (CoTD-PO is reference-free, spec §2.13).
+    [`DPOTrainer`] from building a reference copy of the policy (CoTD-PO is reference-free: Eq. 9 has no reference).
 
     Parameters:
         > Parameters of the teacher target (Eq. 4)
@@ -79,7 +80,7 @@ class CoTDPOConfig(TeacherGenerationConfig, DPOConfig):
         chosen_nll_weight (`float`, *optional*, defaults to `1.0`):
             Weight of the chosen answer's NLL in the pairwise loss (value not reported by the paper).
 
-        > Parameters of the sequence format (spec §4)
+        > Parameters of the sequence format (released code)
 
         use_teacher_rationale (`bool`, *optional*, defaults to `True`):
             Condition every candidate on the teacher's rationale (dataset column `rationale`) and train on it;
@@ -96,39 +97,39 @@ class CoTDPOConfig(TeacherGenerationConfig, DPOConfig):
     reward_normalization: str = field(
         default="minmax",
         metadata={"help": f"Per-prompt reward rescaling, one of {REWARD_NORMALIZATIONS}: minmax (released code, "
-                          "spec §2.4, §7 item 3); none is Eq. 4 literally."},
+                          "PromptLevelTrainer.compute_loss); none is Eq. 4 literally."},
     )
     reward_scale: float = field(
-        default=5.0, metadata={"help": "Multiplier after normalisation: 5, targets in [0, 5) (released code, §2.4)."}
+        default=5.0, metadata={"help": "Multiplier after normalisation: 5, targets in [0, 5) (released code)."}
     )
     reward_norm_eps: float = field(
-        default=1e-3, metadata={"help": "Epsilon of the normalisation's denominator: 1e-3 (released code, §2.4)."}
+        default=1e-3, metadata={"help": "Epsilon of the normalisation's denominator: 1e-3 (released code)."}
     )
     # --- student distribution (Eq. 7-8) ---
     apa_lambda: float = field(
         default=0.5,
-        metadata={"help": "λ of Eq. 8: 0.5 (paper: not reported; released code with padded_mean, spec §2.12, §7 "
-                          "item 1)."},
+        metadata={"help": "λ of Eq. 8: 0.5 (paper: not reported; released code, with "
+                          "padded_mean)."},
     )
     logp_aggregation: str = field(
         default="padded_mean",
-        metadata={"help": f"Candidate score, one of {LOGP_AGGREGATIONS}: padded_mean (released code, §2.12); sum is "
-                          "Eq. 8 literally (spec §7 item 1)."},
+        metadata={"help": f"Candidate score, one of {LOGP_AGGREGATIONS}: padded_mean (released code); sum is "
+                          "Eq. 8 literally."},
     )
     # --- composite objective (Eq. 9) ---
     alpha: float = field(
-        default=1.0, metadata={"help": "α, weight of the preference term: 1 (paper: not reported; code, §7 item 2)."}
+        default=1.0, metadata={"help": "α, weight of the preference term: 1 (paper: not reported; released code)."}
     )
     rationale_weight: float = field(
-        default=1.0, metadata={"help": "Weight of the rationale NLL: 1 (Eq. 9); 0 for No-Teacher-CoT (spec §9.8)."}
+        default=1.0, metadata={"help": "Weight of the rationale NLL: 1 (Eq. 9); 0 for No-Teacher-CoT (ours, Table 2)."}
     )
     rationale_reduction: str = field(
         default="token_mean",
         metadata={"help": f"Rationale NLL reduction, one of {RATIONALE_REDUCTIONS}: token_mean (released code); sum "
-                          "is Eq. 9 literally (spec §7 item 4)."},
+                          "is Eq. 9 literally."},
     )
     best_answer_nll_weight: float = field(
-        default=0.0, metadata={"help": "NLL weight of the best answer: 0 (the code logs it unweighted, §2.12)."}
+        default=0.0, metadata={"help": "NLL weight of the best answer: 0 (the released code only logs it)."}
     )
     # --- pairwise ablation (Eq. 11) ---
     loss_mode: str = field(
@@ -138,53 +139,53 @@ class CoTDPOConfig(TeacherGenerationConfig, DPOConfig):
     )
     simpo_beta: float = field(
         default=2.5,
-        metadata={"help": "SimPO β: 2.5, NOT from the paper (SimPO's Llama-3-8B-Instruct recipe, spec §7 item 24)."},
+        metadata={"help": "SimPO β: 2.5, NOT from the paper (ours: SimPO's Llama-3-8B-Instruct v1 recipe)."},
     )
     simpo_gamma: float = field(
-        default=1.375, metadata={"help": "SimPO margin γ: 1.375, NOT from the paper (γ/β = 0.55, spec §7 item 24)."}
+        default=1.375, metadata={"help": "SimPO margin γ: 1.375, NOT from the paper (ours: γ/β = 0.55, SimPO's)."}
     )
     chosen_nll_weight: float = field(
-        default=1.0, metadata={"help": "Chosen-answer NLL weight of the pairwise loss: 1 (ours; unreported, §2.10)."}
+        default=1.0, metadata={"help": "Chosen-answer NLL weight of the pairwise loss: 1 (ours; unreported, Table 3)."}
     )
-    # --- sequence format (spec §4) ---
+    # --- sequence format (released code) ---
     use_teacher_rationale: bool = field(
         default=True,
         metadata={"help": "Condition the candidates on the teacher's rationale (paper main setting); false is the "
-                          "No-Teacher-CoT ablation (Table 2, spec §7 item 23)."},
+                          "No-Teacher-CoT ablation (paper §3.3, Table 2)."},
     )
     instruction_template: str = field(
         default=CODE_INSTRUCTION_TEMPLATE,
-        metadata={"help": "User message around the instruction, with a {prompt} field (released code, spec §4)."},
+        metadata={"help": "User message around the instruction, with a {prompt} field (released code; paper: none)."},
     )
     thought_prefix: str = field(
-        default="My thought: ", metadata={"help": "Text before the rationale (released code, spec §4)."}
+        default="My thought: ", metadata={"help": "Text before the rationale (released code)."}
     )
     answer_prefix: str = field(
-        default="My answer:", metadata={"help": "Text between the rationale and the answer (released code, spec §4)."}
+        default="My answer:", metadata={"help": "Text between the rationale and the answer (released code)."}
     )
     # --- DPOConfig / TrainingArguments defaults changed ---
     learning_rate: float = field(
-        default=5e-5, metadata={"help": "AdamW learning rate: 5e-5 (paper, spec §3; released code 1e-5, §7 item 14)."}
+        default=5e-5, metadata={"help": "AdamW learning rate: 5e-5 (paper §3.1; released code 1e-5)."}
     )
     lr_scheduler_type: str = field(
-        default="linear", metadata={"help": "Scheduler: linear (paper, spec §3; released code cosine)."}
+        default="linear", metadata={"help": "Scheduler: linear (paper §3.1; released code cosine)."}
     )
     warmup_steps: float = field(
-        default=0.1, metadata={"help": "Warm-up: 0.1, a ratio of the steps (paper and code, spec §3)."}
+        default=0.1, metadata={"help": "Warm-up: 0.1, a ratio of the steps (paper §3.1 and code)."}
     )
     per_device_train_batch_size: int = field(
-        default=2, metadata={"help": "Prompts (groups of candidates) per device: 2 (paper, spec §3, §7 item 15)."}
+        default=2, metadata={"help": "Prompts (groups of candidates) per device: 2 (paper §3.1, 2 per GPU)."}
     )
     gradient_accumulation_steps: int = field(
-        default=32, metadata={"help": "Accumulation: 32, effective batch 128 prompts on 2 GPUs (paper, spec §3)."}
+        default=32, metadata={"help": "Accumulation: 32, effective batch 128 prompts on 2 GPUs (paper §3.1)."}
     )
     num_train_epochs: float = field(
-        default=5.0, metadata={"help": "Epochs per round: 5 (paper: unspecified; released code, spec §7 item 7)."}
+        default=5.0, metadata={"help": "Epochs per round: 5 (paper: unspecified; released code)."}
     )
     max_length: int | None = field(
         default=2048,
         metadata={"help": "Longest prompt + rationale + answer; longer answers are cut at the end, groups whose "
-                          "context alone reaches it are dropped: 2048 (ours; unreported, spec §7 item 13)."},
+                          "context alone reaches it are dropped: 2048 (ours; the paper and code give none)."},
     )
     bf16: bool | None = field(
         default=None,
@@ -193,7 +194,7 @@ class CoTDPOConfig(TeacherGenerationConfig, DPOConfig):
     precompute_ref_log_probs: bool = field(
         default=True,
         metadata={"help": "Must stay True: it only stops DPOTrainer from copying the policy as a reference model; "
-                          "CoTD-PO has none (spec §9.1)."},
+                          "CoTD-PO has none (Eq. 9)."},
     )
 
     def __post_init__(self):

@@ -1,7 +1,8 @@
 """`GenSSDConfig`: `KDConfig` plus the chunked sampling and selection of Gen-SSD, with the paper's defaults.
 
 Paper: Student-in-the-Loop Chain-of-Thought Distillation via Generation-Time Selection,
-https://huggingface.co/papers/2604.02819 (values and their sources: Gen-SSD spec, sections 3 and 8).
+https://huggingface.co/papers/2604.02819 (values from the paper's §3.2, §4.1, §5.2 and App. A, C; no code is
+released; "ours" marks our own choices where the paper is silent).
 """
 
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ class GenSSDConfig(TeacherGenerationConfig, KDConfig):
     cold-start and final `SFTTrainer` runs of the offline pipeline.
 
     Parameters:
-        > Parameters of the chunked sampling (spec §2.1, §2.4)
+        > Parameters of the chunked sampling (paper §3.2, App. A)
 
         chunk_size (`int`, *optional*, defaults to `4096`):
             Chunk size m in teacher tokens. `max_new_tokens` (16384) is the total completion budget.
@@ -62,7 +63,7 @@ class GenSSDConfig(TeacherGenerationConfig, KDConfig):
 
     max_new_tokens: int = field(
         default=MAX_NEW_TOKENS,
-        metadata={"help": "Total completion budget Nmax over all chunks: 16384 ('16K', paper §4.1; spec §8 A8)."},
+        metadata={"help": "Total completion budget Nmax over all chunks: 16384 ('16K', paper §4.1; tokens: ours)."},
     )
     lmbda: float = field(
         default=0.0,
@@ -72,7 +73,7 @@ class GenSSDConfig(TeacherGenerationConfig, KDConfig):
         default=True, metadata={"help": "Must be True: Gen-SSD is sequence-level KD on the selected trajectories."}
     )
     chunk_size: int = field(
-        default=CHUNK_SIZE, metadata={"help": "Chunk size m: 4096 ('4K', best in Fig. 3 / §5.2; spec §8 A8)."}
+        default=CHUNK_SIZE, metadata={"help": "Chunk size m: 4096 ('4K', best in Fig. 3, paper §5.2)."}
     )
     num_candidates: list[int] = field(
         default_factory=lambda: list(CANDIDATE_SCHEDULE),
@@ -83,16 +84,16 @@ class GenSSDConfig(TeacherGenerationConfig, KDConfig):
     )
     candidates_per: str = field(
         default="beam",
-        metadata={"help": f"One of {CANDIDATES_PER}: K_c per kept prefix, as Eq. 3 samples per prefix (spec §8 A2)."},
+        metadata={"help": f"One of {CANDIDATES_PER}: K_c per kept prefix (ours, after Eq. 3)."},
     )
     beam_score: str = field(
-        default="chunk", metadata={"help": f"One of {BEAM_SCORES}: chunk PPL as in Eq. 4 (spec §8 A3)."}
+        default="chunk", metadata={"help": f"One of {BEAM_SCORES}: chunk PPL as in Eq. 4 (paper §3.2)."}
     )
     selection_rule: str = field(
         default="low", metadata={"help": f"One of {RULES}: lowest PPL (Eq. 4); the others are Table 4's ablation."}
     )
     prefer_eos: bool = field(
-        default=True, metadata={"help": "Prefer EOS-ended trajectories in the final pick (ours, spec §8 A5)."}
+        default=True, metadata={"help": "Prefer EOS-ended trajectories in the final pick (ours: the paper is silent)."}
     )
     teacher_temperature: float = field(
         default=0.6, metadata={"help": "Teacher temperature: 0.6, QwQ-32B's recommended setting (paper §4.1)."}
@@ -104,7 +105,7 @@ class GenSSDConfig(TeacherGenerationConfig, KDConfig):
         metadata={"help": "Continue the HF teacher's KV cache across chunks (ours: same samples, no re-encoding)."},
     )
     scorer_batch_size: int = field(
-        default=16, metadata={"help": "Candidates per student scoring forward (ours, spec §10; memory knob)."}
+        default=16, metadata={"help": "Candidates per student scoring forward (ours; a memory knob)."}
     )
     objective: str = field(
         default="nll", metadata={"help": f"One of {OBJECTIVES}: SFT NLL (Eq. 1) or KDTrainer's divergence (ours)."}
@@ -116,7 +117,7 @@ class GenSSDConfig(TeacherGenerationConfig, KDConfig):
         default="answer", metadata={"help": "Gold answer column (ours: the name every data set of this library uses)."}
     )
     answer_extraction: str = field(
-        default="auto", metadata={"help": f"One of {EXTRACTION_MODES} (auto: the last boxed answer first, §8 A12)."}
+        default="auto", metadata={"help": f"One of {EXTRACTION_MODES} (auto: the last boxed answer first; ours)."}
     )
 
     def __post_init__(self):

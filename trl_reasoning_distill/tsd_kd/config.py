@@ -1,7 +1,8 @@
 """`TSDKDConfig`: `KDConfig` plus the hyperparameters of TSD-KD, with the paper's defaults.
 
 Paper: Explain in Your Own Words: Improving Reasoning via Token-Selective Dual Knowledge Distillation,
-https://huggingface.co/papers/2603.13260 (values and their sources: TSD-KD spec, section 3).
+https://huggingface.co/papers/2603.13260 (values from the paper's §3, §4.1 and App. A.3-A.9, and from the
+authors' released code).
 """
 
 from dataclasses import dataclass, field
@@ -56,16 +57,16 @@ class TSDKDConfig(KDConfig):
     )
     beta: float = field(
         default=0.9,
-        metadata={"help": "JSD interpolation β: 0.9, 'as suggested by GKD' (paper §3, App. A.5; code; spec §3)."},
+        metadata={"help": "JSD interpolation β: 0.9, 'as suggested by GKD' (paper §4.1, App. A.5; code)."},
     )
     temperature: float = field(
-        default=1.0, metadata={"help": "KD and sampling temperature T: 1.0 (paper and code, spec §3)."}
+        default=1.0, metadata={"help": "KD and sampling temperature T: 1.0 (paper App. A.9; code)."}
     )
     top_k: int = field(
         default=10, metadata={"help": "Student candidates K re-ranked by the teacher: 10 (paper App. A.3, Fig. 4)."}
     )
     opener_ratio: float = field(
-        default=0.1, metadata={"help": "Opener entropy ratio p: 0.1 (paper Eq. 10, Fig. 3; spec §3)."}
+        default=0.1, metadata={"help": "Opener entropy ratio p: 0.1 (paper Eq. 10, Fig. 3, App. A.9)."}
     )
     entropy_ratio: float = field(
         default=0.1,
@@ -75,7 +76,8 @@ class TSDKDConfig(KDConfig):
         default=0.1, metadata={"help": "Weight α of the indirect loss: 0.1 (paper Eq. 13, App. A.9; code)."}
     )
     entropy_coef: float = field(
-        default=1.0, metadata={"help": "Weight γ of the entropy loss: 1.0, equal to the direct term (paper §2.7)."}
+        default=1.0,
+        metadata={"help": "Weight γ of the entropy loss: 1.0, equal to the direct term (paper §3.3, Eq. 13)."},
     )
     tau: float = field(
         default=1.0, metadata={"help": "Gate sharpness τ: 1.0 (no value in the paper; the code's σ(H_S − H_T))."}
@@ -85,11 +87,11 @@ class TSDKDConfig(KDConfig):
     )
     entropy_scope: str = field(
         default="sequence",
-        metadata={"help": f"Entropy selection scope, one of {ENTROPY_SCOPES} (per response: Eq. 12; spec §8.4)."},
+        metadata={"help": f"Entropy selection scope, one of {ENTROPY_SCOPES} (per response: Eq. 12; batch: ours)."},
     )
     reference_code_compat: bool = field(
         default=False,
-        metadata={"help": "Reproduce the released code's loss (spec §2.9 D1-D4, D6); needs entropy_ratio == "
+        metadata={"help": "Reproduce the released code's loss (its train.py's trainer); needs entropy_ratio == "
                           "opener_ratio and adaptive_opener=False."},
     )
     adaptive_opener: bool = field(
@@ -122,7 +124,8 @@ class TSDKDConfig(KDConfig):
             raise ValueError(f"adaptive_history must be >= 1, got {self.adaptive_history}.")
         if self.reference_code_compat and (self.adaptive_opener or self.entropy_ratio != self.opener_ratio):
             raise ValueError(
-                "reference_code_compat=True ties both selections to one fixed ratio (spec D3): set entropy_ratio "
-                f"equal to opener_ratio and adaptive_opener=False; got entropy_ratio={self.entropy_ratio}, "
-                f"opener_ratio={self.opener_ratio}, adaptive_opener={self.adaptive_opener}."
+                "reference_code_compat=True ties both selections to one fixed ratio (as the released code does): "
+                "set entropy_ratio equal to opener_ratio and adaptive_opener=False; "
+                f"got entropy_ratio={self.entropy_ratio}, opener_ratio={self.opener_ratio}, "
+                f"adaptive_opener={self.adaptive_opener}."
             )

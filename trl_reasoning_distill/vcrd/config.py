@@ -1,7 +1,8 @@
 """`VCRDConfig`: `KDConfig` plus the hyperparameters of VCRD, with the paper's defaults.
 
-Paper: Validity-Calibrated Reasoning Distillation, https://huggingface.co/papers/2605.04078 (values and their sources:
-VCRD spec, shared/specs/vcrd.md, §3 and §9; "DL2" is the DistiLLM-2 code the paper follows).
+Paper: Validity-Calibrated Reasoning Distillation, https://huggingface.co/papers/2605.04078 (values from
+the paper's §2, §4, §10 and Table 9; "DL2" is the DistiLLM-2 code the paper follows, jongwooko/distillm-2; "ours"
+marks our own choices).
 """
 
 import json
@@ -98,73 +99,73 @@ class VCRDConfig(TeacherGenerationConfig, KDConfig):
     """
 
     # --- inherited fields with VCRD's values ---
-    learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate: 5e-5 (paper Table 9; spec §3)."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate: 5e-5 (paper Table 9)."})
     max_length: int | None = field(
-        default=1024, metadata={"help": "Max prompt + response tokens: 1024 (paper Table 9; spec §3)."}
+        default=1024, metadata={"help": "Max prompt + response tokens: 1024 (paper Table 9)."}
     )
     max_new_tokens: int = field(
         default=512,
-        metadata={"help": "Online rollout budget: 512 = max_length - max_prompt_length (DL2 code; spec A10)."},
+        metadata={"help": "Online rollout budget: 512 = max_length - max_prompt_length (DL2 code)."},
     )
     temperature: float = field(
-        default=1.0, metadata={"help": "Divergence temperature: 1.0, none in the paper or DL2 code (spec §2.6, §3)."}
+        default=1.0, metadata={"help": "Divergence temperature: 1.0, none in the paper or DL2 code (ours)."}
     )
     lmbda: float = field(
         default=0.0,
-        metadata={"help": "GKD's on-policy switch, unused: must stay 0; set student_rollout instead (spec §9)."},
+        metadata={"help": "GKD's on-policy switch, unused: must stay 0; set student_rollout instead (ours)."},
     )
     skew_alpha: float = field(
-        default=0.1, metadata={"help": "Skew α of SKL and SRKL: 0.1, not in the paper (DL2 code; spec §2.6, A7)."}
+        default=0.1, metadata={"help": "Skew α of SKL and SRKL: 0.1, not in the paper (DL2 base_alpha_1/2)."}
     )
     # --- objective ---
     lambda_teacher: float = field(
         default=1.0,
-        metadata={"help": "λ_T: 1.0 (paper §10.2, Qwen2.5-Math; 2 for Qwen2-Math, code and IF; spec §3)."},
+        metadata={"help": "λ_T: 1.0 (paper §10.2, Qwen2.5-Math; 2 for Qwen2-Math, code and IF)."},
     )
     lambda_student: float = field(
         default=1.0,
-        metadata={"help": "λ_S: 1.0 (paper §10.2, Qwen2.5-Math; 1.5 Qwen2-Math, 1 code, 2/1 IF; spec §3)."},
+        metadata={"help": "λ_S: 1.0 (paper §10.2, Qwen2.5-Math; 1.5 Qwen2-Math, 1 code, 2/1 IF)."},
     )
     loss_reduction: str = field(
         default="seq_mean",
-        metadata={"help": f"One of {REDUCTIONS}: per-response token mean, DL2's reduction (spec A8)."},
+        metadata={"help": f"One of {REDUCTIONS}: per-response token mean, DL2's reduction (Alg. 1 sums)."},
     )
     # --- validity weights ---
     validity_judge: str = field(
         default="prm",
-        metadata={"help": f"One of {VALIDITY_JUDGES}: a PRM, as in the paper's main results (paper §4; spec §9)."},
+        metadata={"help": f"One of {VALIDITY_JUDGES}: a PRM, as in the paper's main results (paper §4)."},
     )
     weighting_rule: str = field(
-        default="ratio", metadata={"help": f"One of {WEIGHTING_RULES}: the ratio of Eq. 1 (paper; spec §2.11)."}
+        default="ratio", metadata={"help": f"One of {WEIGHTING_RULES}: the ratio of Eq. 1 (paper §2.2)."}
     )
-    validity_eps: float = field(default=1e-8, metadata={"help": "ε of Eq. 1: 1e-8 (paper §3, §10.4; spec §3)."})
+    validity_eps: float = field(default=1e-8, metadata={"help": "ε of Eq. 1: 1e-8 (paper Table 9; also §10.4's)."})
     proposal_source: str = field(
         default="same_prefix",
-        metadata={"help": f"One of {PROPOSAL_SOURCES}: proposals under the same prefix (paper §2.1; spec A2)."},
+        metadata={"help": f"One of {PROPOSAL_SOURCES}: proposals under the same prefix (paper §2.1-2.2)."},
     )
     student_proposal: str = field(
         default="sample",
-        metadata={"help": f"One of {PROPOSAL_STRATEGIES}: sampled at τ=1, not stated in the paper (spec A4)."},
+        metadata={"help": f"One of {PROPOSAL_STRATEGIES}: sampled at τ=1, not stated in the paper (ours)."},
     )
     teacher_proposal: str = field(
         default="sample",
-        metadata={"help": f"One of {PROPOSAL_STRATEGIES}: sampled, 'rather than taken greedily' (paper §4.6; A4)."},
+        metadata={"help": f"One of {PROPOSAL_STRATEGIES}: sampled, 'rather than taken greedily' (paper §4.6)."},
     )
     proposal_temperature: float = field(
-        default=1.0, metadata={"help": "Proposal sampling temperature: 1.0, not stated in the paper (spec A4)."}
+        default=1.0, metadata={"help": "Proposal sampling temperature: 1.0, not stated in the paper (ours)."}
     )
     line_proposal_max_new_tokens: int = field(
         default=48,
         metadata={"help": "Tokens of one proposed line (step_checker, same_prefix): 48, ours: toy lines are <= 30."},
     )
     disable_amplification: bool = field(
-        default=False, metadata={"help": "w <- min(w, 1): off; the 'amplification disabled' ablation (Fig. 3; A11)."}
+        default=False, metadata={"help": "w <- min(w, 1): off; the 'amplification disabled' ablation (§4.4, Fig. 3)."}
     )
     weight_clip_min: float | None = field(
-        default=None, metadata={"help": "Lower bound of PRM weights: none (paper, by omission; spec A6)."}
+        default=None, metadata={"help": "Lower bound of PRM weights: none (paper, by omission)."}
     )
     weight_clip_max: float | None = field(
-        default=None, metadata={"help": "Upper bound of PRM weights: none (paper, by omission; spec A6)."}
+        default=None, metadata={"help": "Upper bound of PRM weights: none (paper, by omission)."}
     )
     # --- PRM judge ---
     prm_model_name_or_path: str | None = field(
@@ -175,18 +176,19 @@ class VCRDConfig(TeacherGenerationConfig, KDConfig):
         default=None, metadata={"help": "from_pretrained kwargs of the PRM (a dict or a JSON string): none, ours."}
     )
     prm_prompt_template: str = field(
-        default="{bos}{prompt}\n", metadata={"help": "PRM prompt: Skywork's bos + problem + newline (spec §2.4)."}
+        default="{bos}{prompt}\n",
+        metadata={"help": "PRM prompt: Skywork's bos + problem + newline (Skywork's inference code)."},
     )
     prm_separator_token_id: int | None = field(
         default=None,
-        metadata={"help": "Read the PRM at this appended token: none, read at the candidate (Skywork; spec §2.4)."},
+        metadata={"help": "Read the PRM at this appended token: none, read at the candidate (ours; paper: no rule)."},
     )
     prm_scoring_impl: str = field(
         default="packed",
-        metadata={"help": f"One of {SCORING_IMPLS}: packed sibling scoring, one forward per rollout (spec §2.4)."},
+        metadata={"help": f"One of {SCORING_IMPLS}: packed sibling scoring, one forward per rollout (ours)."},
     )
     prm_batch_size: int = field(
-        default=8, metadata={"help": "Rollouts per PRM forward: 8, ours (bounds the PRM's memory; spec §9)."}
+        default=8, metadata={"help": "Rollouts per PRM forward: 8, ours (bounds the PRM's memory)."}
     )
     # --- PRM-free judge ---
     teacher_prob_top_k: int = field(default=128, metadata={"help": "Top-k of the collision mass: 128 (paper §10.4)."})
@@ -196,14 +198,14 @@ class VCRDConfig(TeacherGenerationConfig, KDConfig):
     # --- rollouts and data ---
     student_rollout: str = field(
         default="offline",
-        metadata={"help": f"One of {ROLLOUT_MODES}: generated once before training (paper §12; spec A3)."},
+        metadata={"help": f"One of {ROLLOUT_MODES}: generated once before training (paper §12)."},
     )
     rollout_temperature: float = field(
-        default=0.8, metadata={"help": "Online rollout temperature: 0.8 (DL2 generate_vllm.py; spec A10)."}
+        default=0.8, metadata={"help": "Online rollout temperature: 0.8 (DL2 generate_vllm.py; not in the paper)."}
     )
-    rollout_top_p: float = field(default=0.95, metadata={"help": "Online rollout top-p: 0.95 (DL2 code; spec A10)."})
+    rollout_top_p: float = field(default=0.95, metadata={"help": "Online rollout top-p: 0.95 (DL2 generate_vllm.py)."})
     max_prompt_length: int = field(
-        default=512, metadata={"help": "Prompt tokens kept (the last ones): 512 (paper Table 9; spec §3)."}
+        default=512, metadata={"help": "Prompt tokens kept (the last ones): 512 (paper Table 9)."}
     )
 
     def __post_init__(self):
