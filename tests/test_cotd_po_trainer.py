@@ -289,7 +289,7 @@ def test_every_new_or_changed_default_cites_its_source(tmp_path):
     for f in dataclasses.fields(CoTDPOConfig):
         if f.name in base and f.default == base[f.name].default:
             continue
-        assert re.search(r"paper|spec|code|ours|Eq\. \d|Table \d", f.metadata["help"]), f.name
+        assert re.search(r"paper|code|ours|TRL|Eq\. \d|Table \d", f.metadata["help"]), f.name
 
 
 @pytest.mark.parametrize("name, value", [

@@ -1,10 +1,11 @@
-"""The offline iterative procedure of CoTD-PO (spec §2.13 (B), §9.7): sample, score, train, save; round after round.
+"""The offline iterative procedure of CoTD-PO (paper §2, Algorithm 1): sample, score, train, save; round after round.
 
 Round r (1-based) takes `prompts_per_round` prompts of the pool (a seeded permutation, disjoint across rounds until
-the pool is used up, spec §7 item 9), gets the teacher's rationale of each (a `rationale` column, or a
-[`RationaleSource`] such as [`TeacherRationales`]), lets the current student sample K answers after
-prompt ⊕ rationale (temperatures `linspace(min, max, K)`, top-p, spec §7 item 5), scores them with a
-[`TeacherScorer`], trains a fresh [`CoTDPOTrainer`] (new optimizer and schedule, spec §7 item 8) and saves the model.
+the pool is used up; ours: the paper draws 8,000 prompts at random each round, §3.1), gets the teacher's rationale of
+each (a `rationale` column, or a [`RationaleSource`] such as [`TeacherRationales`]), lets the current student sample
+K answers after prompt ⊕ rationale (temperatures `linspace(min, max, K)`, top-p, paper §3.1), scores them with a
+[`TeacherScorer`], trains a fresh [`CoTDPOTrainer`] (new optimizer and schedule; ours: the paper does not say whether
+they carry over) and saves the model.
 
 Everything is resumable. Under `output_dir/round_{r:02d}/`: `samples.jsonl` gets one record per prompt, appended
 (flushed, fsynced) as each chunk of `sampling_batch_size` prompts is scored; `model/` is the round's checkpoint and
@@ -60,8 +61,8 @@ _NOT_TRAINING_PREFIXES = ("logging_", "log_", "save_", "hub_", "eval_", "trackio
 @dataclass
 class CoTDPORoundsConfig:
     r"""
-    The offline rounds of [`run_rounds`] (spec §9.5 `CoTDPOLoopConfig`); the training of each round is set by
-    [`CoTDPOConfig`] (its `output_dir` holds the rounds, its `seed` seeds prompt choice and sampling).
+    The offline rounds of [`run_rounds`] (paper §2, Algorithm 1; settings of §3.1); the training of each round is set
+    by [`CoTDPOConfig`] (its `output_dir` holds the rounds, its `seed` seeds prompt choice and sampling).
 
     Parameters:
         num_rounds (`int`, *optional*, defaults to `6`):
@@ -82,20 +83,20 @@ class CoTDPORoundsConfig:
             Prompts sampled and scored together: the unit written to `samples.jsonl`, and so of resumption.
     """
 
-    num_rounds: int = field(default=6, metadata={"help": "Rounds N: 6, 'more than five' (paper; spec §7 item 6)."})
+    num_rounds: int = field(default=6, metadata={"help": "Rounds N: 6, 'more than five iterations' (paper §3.1)."})
     prompts_per_round: int = field(
-        default=8000, metadata={"help": "Prompts P per round: 8,000 (paper, spec §2.13 (B) step 1)."}
+        default=8000, metadata={"help": "Prompts P per round: 8,000 UltraFeedback prompts (paper §3.1)."}
     )
-    num_candidates: int = field(default=8, metadata={"help": "Answers K per prompt: 8 (paper, spec §3)."})
+    num_candidates: int = field(default=8, metadata={"help": "Answers K per prompt: 8 (paper §3.1)."})
     min_temperature: float = field(
-        default=0.6, metadata={"help": "Lowest sampling temperature: 0.6 ('in [0.6, 1.2]', paper; spec §7 item 5)."}
+        default=0.6, metadata={"help": "Lowest sampling temperature: 0.6 ('in [0.6, 1.2]', paper §3.1)."}
     )
     max_temperature: float = field(
-        default=1.2, metadata={"help": "Highest sampling temperature: 1.2 (paper; linspace over K, spec §7 item 5)."}
+        default=1.2, metadata={"help": "Highest sampling temperature: 1.2 (paper §3.1; ours: linspace over the K)."}
     )
-    top_p: float = field(default=0.95, metadata={"help": "Top-p of the student's sampling: 0.95 (paper, spec §3)."})
+    top_p: float = field(default=0.95, metadata={"help": "Top-p of the student's sampling: 0.95 (paper §3.1)."})
     max_new_tokens: int = field(
-        default=2048, metadata={"help": "Longest sampled answer: 2048 (ours; unreported, spec §7 item 13)."}
+        default=2048, metadata={"help": "Longest sampled answer: 2048 (ours; the paper does not report it)."}
     )
     sampling_batch_size: int = field(
         default=64, metadata={"help": "Prompts per sampling chunk, the unit of resumption (ours)."}
@@ -127,9 +128,9 @@ class RationaleSource(Protocol):
 
 class TeacherRationales:
     """
-    [`RationaleSource`] from an open-weights teacher (spec §7 item 10): the teacher continues the instruction (wrapped
-    in `instruction_template`) after `thought_prefix`, and its text up to `answer_prefix` is the rationale. A
-    continuation that never reaches `answer_prefix` gives None.
+    [`RationaleSource`] from an open-weights teacher (ours: the paper's teacher is GPT-4o, §3.1): the teacher
+    continues the instruction (wrapped in `instruction_template`) after `thought_prefix`, and its text up to
+    `answer_prefix` is the rationale. A continuation that never reaches `answer_prefix` gives None.
 
     Args:
         model (`PreTrainedModel`): the teacher.
@@ -174,7 +175,8 @@ class TeacherRationales:
 
 def round_prompt_indices(pool_size: int, per_round: int, round_index: int, seed: int) -> list[int]:
     """Pool indices of round `round_index` (1-based): consecutive slices of a seeded permutation of the pool, so
-    rounds are disjoint until the pool is used up; then a new permutation starts (spec §7 item 9)."""
+    rounds are disjoint until the pool is used up; then a new permutation starts (ours; the paper samples 8,000
+    prompts at random each round, §3.1)."""
     if pool_size < 1 or round_index < 1:
         raise ValueError(f"need pool_size >= 1 and round_index >= 1, got {pool_size} and {round_index}.")
     per_round = min(per_round, pool_size)
@@ -299,7 +301,7 @@ def rounds_fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
 
 
 def records_to_dataset(records: list[dict]) -> Dataset:
-    """The trainer's groups (spec §9.2) from a round's records; skipped prompts are left out."""
+    """The trainer's groups from a round's records; skipped prompts are left out."""
     kept = [r for r in records if "skipped" not in r]
     if not kept:
         raise ValueError("no prompt of the round has a rationale and candidates; check the teacher's rationales.")

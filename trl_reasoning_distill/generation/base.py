@@ -88,23 +88,27 @@ class TeacherGenerationConfig:
     """
 
     teacher_generation_backend: str = field(
-        default="hf", metadata={"help": 'Teacher sampling backend: "hf" (generate) or "vllm" (VLLMGenerator).'}
+        default="hf",
+        metadata={"help": 'Teacher sampling: "hf" (generate) or "vllm" (VLLMGenerator); ours: "hf" needs no GPU.'},
     )
     teacher_model_server_url: str | None = field(
         default=None,
-        metadata={"help": 'Base URL of a vLLM server hosting the teacher model (e.g., "http://localhost:8000").'},
+        metadata={"help": 'Base URL of a `trl vllm-serve` hosting the teacher (e.g., "http://localhost:8000"); TRL\'s '
+                          'DistillationConfig field.'},
     )
     teacher_vllm_server_timeout: float = field(
-        default=240.0, metadata={"help": "Timeout for connecting to the teacher vLLM server."}
+        default=240.0,
+        metadata={"help": "Seconds to wait for the teacher's vLLM server (TRL's vllm_server_timeout default)."},
     )
     teacher_vllm_gpu_memory_utilization: float = field(
-        default=0.3, metadata={"help": "GPU memory utilization for a colocated teacher vLLM engine."}
+        default=0.3, metadata={"help": "GPU memory share of a colocated teacher engine (TRL's vllm default)."}
     )
     teacher_vllm_tensor_parallel_size: int = field(
-        default=1, metadata={"help": "Tensor parallel size for a colocated teacher vLLM engine."}
+        default=1, metadata={"help": "Tensor parallel size of a colocated teacher engine (TRL's vllm default)."}
     )
     teacher_vllm_max_model_length: int | None = field(
-        default=None, metadata={"help": "Maximum model sequence length for a colocated teacher vLLM engine."}
+        default=None,
+        metadata={"help": "Context length of a colocated teacher engine (TRL's vllm default: the model's)."},
     )
 
     def __post_init__(self):
