@@ -142,8 +142,9 @@ PAPER_VALUES = {
     "gen_ssd": {"GenSSDConfig": dict(learning_rate=1e-5, chunk_size=4096, max_new_tokens=16384,
                                      num_candidates=[16, 8, 4], beam_width=2, selection_rule="low",
                                      teacher_temperature=0.6, teacher_top_p=0.95, teacher_top_k=30,
-                                     keep_only_correct=True, completion_only_loss=True, max_length=17408),
-                "PipelineArguments": dict(teacher_backend="vllm", num_samples=8500, cold_start_samples=4)},
+                                     keep_only_correct=True, completion_only_loss=True, max_length=17408,
+                                     teacher_generation_backend="vllm", teacher_vllm_gpu_memory_utilization=0.6),
+                "PipelineArguments": dict(num_samples=8500, cold_start_samples=4)},
     "tsd_kd": {"TSDKDConfig": dict(learning_rate=5e-6, lmbda=1.0, beta=0.9, top_k=10, opener_ratio=0.1,
                                    entropy_ratio=0.1, indirect_coef=0.1, entropy_coef=1.0, num_train_epochs=3,
                                    max_length=1024)},
@@ -241,7 +242,7 @@ SPEED_ARGS = ["--max_steps", "1", "--per_device_train_batch_size", "2", "--gradi
 METHOD_SPEED_ARGS = {
     "brts": ["--max_new_tokens", "16"],
     "cotd_po": [],
-    "gen_ssd": ["--chunk_size", "8", "--max_new_tokens", "16"],
+    "gen_ssd": ["--chunk_size", "8", "--max_new_tokens", "16", "--teacher_generation_backend", "hf"],  # no vLLM here
     "tsd_kd": ["--max_new_tokens", "16"],
     "vcrd": [],
 }

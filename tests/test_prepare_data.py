@@ -146,7 +146,8 @@ SPEED = ["--max_steps", "1", "--per_device_train_batch_size", "2", "--gradient_a
 METHOD_ARGS = {
     "brts": [],
     "tsd_kd": [],
-    "gen_ssd": ["--online", "true", "--teacher_backend", "hf", "--chunk_size", "8", "--cold_start_samples", "1"],
+    "gen_ssd": ["--online", "true", "--teacher_generation_backend", "hf", "--chunk_size", "8", "--cold_start_samples",
+                "1"],
     "vcrd": [],
     # the scorer: the teacher's log-likelihood stands in for the paper's teacher-aligned reward model; no warm-up, so
     # that the one step moves the weights the test compares (the paper's 10 % warm-up gives step 1 a rate of 0)

@@ -151,6 +151,44 @@ def load_teacher(name: str | None, model_args: ModelConfig, config=None, trust_r
     return load_model_and_tokenizer(name, trust_remote_code, **kwargs)
 
 
+def teacher_sampler(name: str | None, model_args: ModelConfig, generation_args, tokenizer, config=None,
+                    trust_remote_code: bool = False, num_processes: int = 1):
+    """What samples the teacher, as `generation_args` (a config with the `TeacherGenerationConfig` fields) says:
+    `teacher_generation_backend="hf"`: the transformers teacher (`load_teacher`); `"vllm"`: the `VLLMGenerator` of
+    `generation.vllm.teacher_generator_from_config`, on a server or an engine colocated in this process. The vLLM
+    teacher's weights are not loaded here: only its `config.json` and `generation_config.json` (the padded embedding
+    rows that are never sampled and the ids it stops on)."""
+    if getattr(generation_args, "teacher_generation_backend", "hf") == "hf":
+        teacher, _ = load_teacher(name, model_args, config, trust_remote_code)
+        return teacher
+    from ..generation.vllm import teacher_generator_from_config
+
+    if not name:
+        raise ValueError("this method needs a teacher: --teacher_model_name_or_path <path or hub id>.")
+    return teacher_generator_from_config(generation_args, _teacher_reference(name, trust_remote_code),
+                                         tokenizer, num_processes)
+
+
+def _teacher_reference(name: str, trust_remote_code: bool):
+    """The teacher's path and configs without its weights (what `teacher_generator_from_config` reads)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, GenerationConfig
+
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        raise MissingResourceError(f"the model folder {name} does not exist.")
+    try:
+        model_config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise MissingResourceError(f"the teacher {name} for vLLM: {str(error).splitlines()[0]}") from None
+    try:
+        generation_config = GenerationConfig.from_pretrained(name)
+    except OSError:  # no generation_config.json: the tokenizer's EOS only
+        generation_config = GenerationConfig()
+    return SimpleNamespace(name_or_path=name, config=model_config, generation_config=generation_config)
+
+
 def load_train_data(script_args: DistillScriptArguments, hint: str | None = None):
     if not script_args.dataset_name:
         raise ValueError("no training data: --dataset_name <hub id, file or toy:<split>:<n>>.")

@@ -44,53 +44,44 @@ class PipelineArguments:
                                          "(without it such files stop the run, naming what differs)."})
     num_samples: int = field(
         default=0, metadata={"help": "Seeded subsample of the kept trajectories for SFT (paper: 8500); 0 keeps all."})
-    teacher_backend: str = field(
-        default="hf", metadata={"help": "'hf' (transformers) or 'vllm' (a colocated engine; its GPU share and tensor "
-                                        "parallel size: --vllm_gpu_memory_utilization, --vllm_tensor_parallel_size)."})
     eos_tokens: list[str] = field(
         default_factory=list, metadata={"help": "Extra tokens the teacher stops on, e.g. <|im_end|> <|endoftext|>."})
     online: bool = field(default=False, metadata={"help": "Select on the fly with GenSSDTrainer instead."})
 
 
-@dataclass
-class VLLMTeacherArguments:
-    """The vLLM teacher's engine, where GenSSDConfig has no fields of these names (TRL's vLLM field names)."""
-
-    vllm_gpu_memory_utilization: float = field(default=0.7, metadata={"help": "GPU share of the vLLM teacher."})
-    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs the vLLM teacher is split over."})
-
-
 def make_parser(prog: str = "gen_ssd.py"):
-    import dataclasses
-
     from ..gen_ssd import GenSSDConfig
     from .common import DistillScriptArguments, ModelConfig, make_parser
 
-    types = (DistillScriptArguments, GenSSDConfig, ModelConfig, PipelineArguments)
-    if not {f.name for f in dataclasses.fields(VLLMTeacherArguments)} <= {f.name for f in
-                                                                           dataclasses.fields(GenSSDConfig)}:
-        types += (VLLMTeacherArguments,)
     # Toy scale (ours): 24-token chunks of a 192-token budget (toy solutions are 20-120 tokens), the teacher sampled
     # at T=1 as the toy build does; the selection defaults (K 16/8/4, beam 2, lowest PPL) are GenSSDConfig's.
-    return make_parser(prog, types, __doc__, output_dir="runs/gen_ssd", chunk_size=24, max_new_tokens=192,
-                       teacher_temperature=1.0)
+    # The teacher's backend is GenSSDConfig's: --teacher_generation_backend vllm, --teacher_model_server_url or the
+    # colocated engine's --teacher_vllm_gpu_memory_utilization / --teacher_vllm_tensor_parallel_size (the unprefixed
+    # --vllm_* fields are the student's, for on-policy sampling).
+    return make_parser(prog, (DistillScriptArguments, GenSSDConfig, ModelConfig, PipelineArguments), __doc__,
+                       output_dir="runs/gen_ssd", chunk_size=24, max_new_tokens=192, teacher_temperature=1.0)
 
 
-def load_teacher(config, model_args, pipeline: PipelineArguments, tokenizer, engine=None):
-    """A transformers model (sampled with the KV cache of the kept chunks) or a vLLM engine (prefix caching)."""
+def load_teacher(config, model_args, pipeline: PipelineArguments, tokenizer):
+    """(teacher, generator): the transformers teacher (sampled with the KV cache of the kept chunks; loaded with
+    `teacher_generation_backend="hf"` and for the on-line trainer, which computes on it) and the vLLM sampler the
+    config asks for (prefix caching; None with "hf"). Either samples the cold start and proposes the chunks."""
     import torch
 
-    from .common import load_teacher
+    from ..generation.vllm import teacher_generator_from_config
+    from .common import load_teacher, teacher_sampler
 
-    if pipeline.teacher_backend == "vllm":
-        from ..generation import VLLMGenerator
-
-        engine = engine or config
-        return VLLMGenerator.colocate(config.teacher_model_name_or_path, tokenizer, engine.vllm_gpu_memory_utilization,
-                                      tensor_parallel_size=engine.vllm_tensor_parallel_size)
-    teacher, _ = load_teacher(config.teacher_model_name_or_path, model_args, config, config.trust_remote_code)
-    return teacher.to("cuda") if torch.cuda.is_available() and not model_args.load_in_4bit | model_args.load_in_8bit \
-        else teacher
+    if config.teacher_generation_backend == "hf" or pipeline.online:
+        teacher, _ = load_teacher(config.teacher_model_name_or_path, model_args, config, config.trust_remote_code)
+        if torch.cuda.is_available() and not model_args.load_in_4bit | model_args.load_in_8bit:
+            teacher = teacher.to("cuda")
+        generator = teacher_generator_from_config(config, teacher, tokenizer, config.world_size)
+    else:  # the vLLM teacher only: its weights are not loaded in this process
+        teacher, generator = None, teacher_sampler(config.teacher_model_name_or_path, model_args, config, tokenizer,
+                                                   config, config.trust_remote_code, config.world_size)
+    if generator is not None:  # --eos_tokens: samples ending with one are "eos" (vLLM stops on them itself)
+        generator.eos_token_ids.update(tokenizer.convert_tokens_to_ids(pipeline.eos_tokens))
+    return teacher, generator
 
 
 def sft(student, tokenizer, config, data, label: str, peft_config=None):
@@ -107,7 +98,7 @@ def sft(student, tokenizer, config, data, label: str, peft_config=None):
     return trainer
 
 
-def train(script_args, config, model_args, pipeline: PipelineArguments, engine: VLLMTeacherArguments | None = None):
+def train(script_args, config, model_args, pipeline: PipelineArguments):
     import torch
     from datasets import load_dataset
 
@@ -126,15 +117,13 @@ def train(script_args, config, model_args, pipeline: PipelineArguments, engine: 
     )
 
     check_model_args(model_args)
-    if pipeline.online and pipeline.teacher_backend != "hf":
-        raise ValueError("--online true needs --teacher_backend hf (GenSSDTrainer computes on the teacher).")
     train = load_train_data(script_args, HINT)
     eval_rows = load_eval_data(script_args)
     student, tokenizer = load_student(model_args, config.trust_remote_code)
     ignore_bias_buffers(student, script_args)
     student = student.to("cuda") if torch.cuda.is_available() and getattr(student, "hf_device_map", None) is None \
         else student
-    teacher = load_teacher(config, model_args, pipeline, tokenizer, engine)
+    teacher, generator = load_teacher(config, model_args, pipeline, tokenizer)
     accuracy(student, tokenizer, eval_rows, script_args, "student before")
     peft_config = get_peft_config(model_args)
     trainer = None
@@ -143,7 +132,7 @@ def train(script_args, config, model_args, pipeline: PipelineArguments, engine: 
     cold, rest = split_cold_start(train, math.floor(pipeline.cold_start_fraction * distinct), seed=config.seed)
     if len(cold):  # paper §3.2 cold start: verified teacher samples (rejection sampling, Eq. 2), SFT from the base
         cold_path = pipeline.cold_start_data or str(Path(config.output_dir) / "cold_start_data.jsonl")
-        data = rejection_sample(teacher, tokenizer, cold, n=pipeline.cold_start_samples,
+        data = rejection_sample(generator or teacher, tokenizer, cold, n=pipeline.cold_start_samples,
                                 temperature=config.teacher_temperature, top_p=config.teacher_top_p,
                                 max_new_tokens=config.max_new_tokens, seed=config.seed, output_jsonl=cold_path,
                                 overwrite=pipeline.overwrite)
@@ -155,14 +144,15 @@ def train(script_args, config, model_args, pipeline: PipelineArguments, engine: 
             accuracy(student, tokenizer, eval_rows, script_args, "student after cold start")
 
     if pipeline.online:  # the selection inside training, scored by the current student
-        trainer = GenSSDTrainer(model=student, teacher_model=teacher, args=config,
+        trainer = GenSSDTrainer(model=student, teacher_model=teacher, args=config, teacher_generator=generator,
                                 train_dataset=rest.select_columns(["prompt", config.answer_column]),
                                 processing_class=tokenizer, peft_config=None if trainer else peft_config)
         trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
         student = trainer.model
     else:  # paper §3.2, §4.1: Gen-SSD data with the cold-started student as frozen scorer, then SFT on it
         path = pipeline.sampled_data or str(Path(config.output_dir) / "gen_ssd_data.jsonl")
-        sampler = GenSSDSampler(teacher, student, tokenizer, config.chunk_sampling(), config.selection_callback(),
+        sampler = GenSSDSampler(generator or teacher, student, tokenizer, config.chunk_sampling(),
+                                config.selection_callback(),
                                 batch_size=pipeline.sampler_batch_size, scorer_batch_size=config.scorer_batch_size,
                                 seed=config.seed, answer_extraction=config.answer_extraction,
                                 eos_token_ids=[tokenizer.eos_token_id,

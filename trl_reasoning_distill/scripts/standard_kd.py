@@ -4,7 +4,8 @@ Toy world, CPU, a few minutes:
     trl-distill train standard_kd
     accelerate launch examples/standard_kd.py --samples_per_prompt 8 --max_steps 300
 Real models: --model_name_or_path, --teacher_model_name_or_path and --dataset_name (prompt + answer columns) as in
-examples/gkd.py.
+examples/gkd.py. The teacher samples on vLLM with --teacher_generation_backend vllm: on a `trl vllm-serve` of it at
+--teacher_model_server_url, else on an engine in this process (--teacher_vllm_gpu_memory_utilization, ...).
 """
 
 from dataclasses import dataclass, field
@@ -21,11 +22,27 @@ def make_parser(prog: str = "standard_kd.py"):
     from .._trl import SFTConfig
     from .common import DistillScriptArguments, ModelConfig, TeacherArguments, make_parser
 
-    return make_parser(prog, (DistillScriptArguments, SFTConfig, ModelConfig, TeacherArguments, SamplingArguments),
+    return make_parser(prog, (DistillScriptArguments, SFTConfig, ModelConfig, TeacherArguments, SamplingArguments,
+                              teacher_generation_arguments()),
                        __doc__, output_dir="runs/standard_kd", completion_only_loss=True)
 
 
-def train(script_args, config, model_args, teacher_args, sampling: SamplingArguments):
+def teacher_generation_arguments():
+    """The `TeacherGenerationConfig` fields of the distillation configs (which backend samples the teacher), as an
+    argument class of their own: the SFTConfig of Standard KD has none."""
+    from dataclasses import dataclass
+
+    from ..generation.base import TeacherGenerationConfig, check_teacher_generation_fields
+
+    @dataclass
+    class TeacherGenerationArguments(TeacherGenerationConfig):
+        def __post_init__(self):  # the mixin's checks, with no config class after it
+            check_teacher_generation_fields(self)
+
+    return TeacherGenerationArguments
+
+
+def train(script_args, config, model_args, teacher_args, sampling: SamplingArguments, teacher_generation):
     from .._trl import SFTTrainer
     from ..baselines import rejection_sample
     from .common import (
@@ -35,9 +52,9 @@ def train(script_args, config, model_args, teacher_args, sampling: SamplingArgum
         ignore_bias_buffers,
         load_eval_data,
         load_student,
-        load_teacher,
         load_train_data,
         save,
+        teacher_sampler,
     )
 
     check_model_args(model_args)
@@ -45,7 +62,9 @@ def train(script_args, config, model_args, teacher_args, sampling: SamplingArgum
     eval_rows = load_eval_data(script_args)
     student, tokenizer = load_student(model_args, config.trust_remote_code)
     ignore_bias_buffers(student, script_args)
-    teacher, _ = load_teacher(teacher_args.teacher_model_name_or_path, model_args, None, config.trust_remote_code)
+    # the transformers teacher, or the VLLMGenerator that --teacher_generation_backend vllm asks for
+    teacher = teacher_sampler(teacher_args.teacher_model_name_or_path, model_args, teacher_generation, tokenizer,
+                              trust_remote_code=config.trust_remote_code, num_processes=config.world_size)
     accuracy(student, tokenizer, eval_rows, script_args, "student before")
     data = rejection_sample(teacher, tokenizer, prompts, n=sampling.samples_per_prompt,
                             temperature=sampling.sample_temperature, max_new_tokens=sampling.sample_max_new_tokens)

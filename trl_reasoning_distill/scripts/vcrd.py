@@ -47,6 +47,7 @@ def make_parser(prog: str = "vcrd.py"):
 
 
 def train(script_args, config, model_args, rollouts: RolloutArguments):
+    from ..generation.vllm import teacher_generator_from_config
     from ..vcrd import VCRDTrainer
     from ..vcrd.data import TEACHER_COLUMNS, sample_vcrd_rollouts
     from .common import train_kd
@@ -57,7 +58,9 @@ def train(script_args, config, model_args, rollouts: RolloutArguments):
             return data
         offline_student = student if config.student_rollout == "offline" else None
         print(f"sampling offline rollouts for {len(data)} prompts", flush=True)
-        return sample_vcrd_rollouts(teacher, offline_student, tokenizer, data, max_new_tokens=config.max_new_tokens,
+        # --teacher_generation_backend vllm: the teacher's responses from a vLLM server or a colocated engine
+        sampler = teacher_generator_from_config(config, teacher, tokenizer, config.world_size) or teacher
+        return sample_vcrd_rollouts(sampler, offline_student, tokenizer, data, max_new_tokens=config.max_new_tokens,
                                     temperature=config.rollout_temperature, top_p=config.rollout_top_p,
                                     seed=config.seed, overwrite=rollouts.overwrite,
                                     output_jsonl=rollouts.rollouts_data or Path(config.output_dir) / "rollouts.jsonl")
