@@ -295,7 +295,7 @@ def _rollout_batch(batch: list[dict], models: dict, tokenizer, max_new_tokens: i
     records = [{"id": row["id"], "row_hash": row_hash(row)} for row in batch]
     for column, model in models.items():
         generator = model if isinstance(model, Generator) else HFGenerator(model, tokenizer, batch_size=batch_size)
-        step = batch_size
+        step = batch_size if isinstance(generator, HFGenerator) else len(batch)  # other backends: one call
         for start in range(0, len(batch), step):
             samples = generator.generate(prompt_ids[start : start + step], n=1, max_new_tokens=max_new_tokens,
                                          temperature=temperature, top_p=top_p)
