@@ -9,7 +9,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo lint toy gpu-check clean
+.PHONY: install test test-fast demo lint toy gpu-check clean help-snapshots
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+
+help-snapshots: $(VENV)/.installed  # after changing a script's arguments or a config's fields: the shipped --help texts
+	$(PY) -c "from trl_reasoning_distill.scripts import write_help_snapshots; write_help_snapshots()"
 
 toy: $(VENV)/.installed
 	$(PY) -m trl_reasoning_distill.toy.build

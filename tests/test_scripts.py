@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from trl_reasoning_distill import cli
-from trl_reasoning_distill.scripts import METHODS, _help, run_script
+from trl_reasoning_distill.scripts import METHODS, _help, help_programs, run_script
 from trl_reasoning_distill.scripts import common as script_common
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,6 +182,39 @@ def test_help_is_cached_and_fast_for_every_example(tmp_path, monkeypatch):
         assert "--dataset_name" in done.stdout and "--load_in_4bit" in done.stdout
     print("help seconds:", json.dumps({k: round(v, 2) for k, v in times.items()}))
     assert max(times.values()) < HELP_SECONDS, times
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shipped_help_is_current_and_answers_at_once(tmp_path, method):
+    """The help texts shipped in `scripts/help/` are what each parser renders now (else: `make help-snapshots`), and a
+    first `--help`, with no cache, prints the shipped text without importing torch."""
+    if _help.snapshot_versions(f"{method}.py") != _help.library_versions():  # e.g. a newer transformers release
+        pytest.skip(f"the shipped help was rendered under {_help.snapshot_versions(f'{method}.py')}; here "
+                    f"{_help.library_versions()} renders it live (and caches it)")
+    for prog in help_programs(method):
+        live = _help.render_at_width(lambda prog=prog: module(method).make_parser(prog).format_help())
+        assert _help.read_snapshot(prog) == live, f"{prog}: the shipped help is out of date; run `make help-snapshots`"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "empty"), "PYTHONPATH": str(ROOT)}
+    code = ("import sys; from trl_reasoning_distill.scripts import run_script; run_script(sys.argv[1], ['--help'], "
+            "prog=sys.argv[1] + '.py'); assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code, method], env=env, capture_output=True, text=True, timeout=60)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == _help.read_snapshot(f"{method}.py") and not (tmp_path / "empty").exists()
+    assert seconds < HELP_SECONDS, seconds
+
+
+def test_a_shipped_help_of_other_sources_is_not_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(_help, "SNAPSHOT_DIR", tmp_path / "help")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _help.write_snapshot("x.py", lambda: "old text\n")
+    assert _help.read_snapshot("x.py") == "old text\n"
+    monkeypatch.setattr(_help, "snapshot_key", lambda prog: "other-sources")
+    assert _help.read_snapshot("x.py") is None
+    calls = []
+    _help.print_help("x.py", lambda: calls.append(1) or "new text\n")
+    assert calls == [1]
 
 
 def test_help_cache_follows_the_source(tmp_path, monkeypatch):

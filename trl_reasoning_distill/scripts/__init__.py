@@ -8,9 +8,22 @@ do. This module and `_help` import only the standard library, so `--help` answer
 import importlib
 import sys
 
-from ._help import print_help, wants_help
+from ._help import print_help, wants_help, write_snapshot
 
 METHODS = ("brts", "cotd_po", "gen_ssd", "gkd", "standard_kd", "tsd_kd", "vcrd")
+
+
+def help_programs(method: str) -> tuple[str, str]:
+    """The program names a script's help is shown under: `examples/<method>.py` and `trl-distill train <method>`."""
+    return f"{method}.py", f"trl-distill train {method}"
+
+
+def write_help_snapshots() -> None:
+    """Render the help of every script under every program name and ship it (`make help-snapshots`)."""
+    for method in METHODS:
+        module = importlib.import_module(f"{__name__}.{method}")
+        for prog in help_programs(method):
+            print(write_snapshot(prog, lambda prog=prog, module=module: module.make_parser(prog).format_help()))
 
 
 def run_script(method: str, argv: list[str] | None = None, prog: str | None = None):
