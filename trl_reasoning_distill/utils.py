@@ -28,12 +28,15 @@ def tune_cpu_allocator() -> bool:
 
 def quiet_cpu_run(threads: int = 1) -> None:
     """Set up a long CPU job on the toy models: `tune_cpu_allocator`, `threads` torch threads (one is fastest for
-    the toy models on a small machine), no `datasets` progress bars, transformers and TRL errors only, and DeepSpeed
-    (when installed) told it runs on the CPU (`DS_ACCELERATOR=cpu` unless set), instead of saying so at import."""
+    the toy models on a small machine), no `datasets` progress bars, transformers and TRL errors only, DeepSpeed
+    (when installed) told it runs on the CPU (`DS_ACCELERATOR=cpu` unless set) instead of saying so at import, and
+    no `FutureWarning` on `is_gradient_checkpointing`, which TRL 1.16 reads at every on-policy generation."""
     import logging
     import os
+    import warnings
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
     import datasets
     import torch
@@ -48,17 +51,13 @@ def quiet_cpu_run(threads: int = 1) -> None:
 
 
 def quiet_notebook(threads: int = 1) -> None:
-    """Set up a notebook on the toy models: `quiet_cpu_run(threads)` (which also keeps DeepSpeed from announcing the
-    CPU at import), and silence two messages that are not about the notebook's code. Call it before anything imports
-    transformers.
-
-    - tqdm's "IProgress not found" `TqdmWarning` where ipywidgets is not installed (bars fall back to text);
-    - transformers' `FutureWarning` on `is_gradient_checkpointing`, which TRL 1.16 reads at every on-policy generation.
+    """Set up a notebook on the toy models: `quiet_cpu_run(threads)` (DeepSpeed's CPU notice and TRL's
+    `is_gradient_checkpointing` FutureWarning included), and silence tqdm's "IProgress not found" `TqdmWarning` where
+    ipywidgets is not installed (bars fall back to text). Call it before anything imports transformers.
 
     Errors, and warnings about the notebook's own settings, still show.
     """
     import warnings
 
     warnings.filterwarnings("ignore", message="IProgress not found")
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     quiet_cpu_run(threads)
