@@ -117,14 +117,18 @@ def _rows(student_logits, other):
     return student_logits.detach().reshape(-1, V), other.detach().reshape(-1, other.shape[-1])
 
 
-def student_topk_rkl_ref(student_logits, teacher_logits, top_k, weight_mode="student_p", temperature=1.0):
+def student_topk_rkl_ref(student_logits, teacher_logits, top_k, weight_mode="student_p", temperature=1.0,
+                         available=None):
     """Spec §2.3: S = the student's top-K; w_v = base_v / sum_S base (base = q, p or 1); c_v = w_v (log q_v - log p_v).
-    Value sum_S c_v; gradient of sum_S c_v log q_v with c held fixed: d/dz_j = (c_j [j in S] - q_j sum_S c) / T."""
+    Value sum_S c_v; gradient of sum_S c_v log q_v with c held fixed: d/dz_j = (c_j [j in S] - q_j sum_S c) / T.
+    Spec §2.11: at a position where `available` is False the teacher's log p is 0 (p = 1) for every token."""
     student_NV, teacher_NV = _rows(student_logits, teacher_logits)
     V = student_NV.shape[-1]
+    flags = [True] * student_NV.shape[0] if available is None else [bool(a) for a in available.reshape(-1).tolist()]
     values, grads = [], []
     for n in range(student_NV.shape[0]):
         q, p = _probs(student_NV[n].tolist(), temperature), _probs(teacher_NV[n].tolist(), temperature)
+        p = p if flags[n] else [1.0] * V
         ids = _top_ids(q, top_k)
         base = {v: {"student_p": q[v], "teacher_p": p[v], "none": 1.0}[weight_mode] for v in ids}
         c = {v: base[v] / sum(base.values()) * (math.log(q[v]) - math.log(p[v])) for v in ids}
@@ -161,3 +165,20 @@ def token_mean_ref(values, grads, mask, count=None):
     value = sum(s * float(v) for s, v in zip(scale, values.reshape(-1).tolist()))
     grad = torch.stack([s * g for s, g in zip(scale, grads.reshape(len(flags), -1))]).reshape(grads.shape)
     return torch.tensor(value, dtype=torch.float64), grad
+
+
+def topk_overlap_ref(student_topk_ids, teacher_topk_ids, mask, available=None):
+    """Spec §2.11: over the positions of `mask`, K slots each; a hit is a student top-K id found among the teacher's
+    top-K ids at the same position, counted only where the teacher's context reaches (`available`)."""
+    student, teacher = student_topk_ids.reshape(-1, student_topk_ids.shape[-1]), teacher_topk_ids.reshape(
+        -1, teacher_topk_ids.shape[-1])
+    flags = [bool(m) for m in mask.reshape(-1).tolist()]
+    reach = flags if available is None else [bool(a) for a in available.reshape(-1).tolist()]
+    hits = slots = 0
+    for n, counted in enumerate(flags):
+        if not counted:
+            continue
+        slots += student.shape[-1]
+        if reach[n]:
+            hits += sum(int(v) in teacher[n].tolist() for v in student[n].tolist())
+    return float(hits), float(slots)

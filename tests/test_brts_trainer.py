@@ -1,5 +1,6 @@
 """BRTSTrainer and BRTSConfig: the spec §9 invariants at trainer level, training on the tiny models, config checks."""
 
+import copy
 import csv
 import importlib.util
 import re
@@ -247,13 +248,92 @@ def test_chunked_path_equals_full_logits(tmp_path, tiny_student, tiny_teacher, t
         assert last_metrics(chunked)[name] == pytest.approx(last_metrics(dense)[name], rel=1e-5)
 
 
+def selected_context_loss(trainer, batch):
+    """L_S with the teacher read on the selected rollout at the same response positions (spec §2.11), built here."""
+    model_inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    student_logits = trainer.model(**model_inputs).logits[:, :-1, : trainer.vocab_size]
+    width = student_logits.shape[1]
+    with torch.no_grad():
+        teacher = trainer.teacher_model(input_ids=batch["selected_input_ids"],
+                                        attention_mask=batch["selected_attention_mask"]).logits[:, :-1]
+    teacher_logits = torch.zeros_like(student_logits)
+    available = torch.zeros(student_logits.shape[:2], dtype=torch.bool)
+    reach = min(width, teacher.shape[1])
+    teacher_logits[:, :reach] = teacher[:, :reach, : trainer.vocab_size]
+    available[:, :reach] = batch["selected_context_mask"][:, 1 : reach + 1]
+    return student_context_loss(student_logits, teacher_logits, batch["labels"][:, 1:] != -100, top_k=16,
+                                teacher_available=available, num_items_in_batch=batch["num_items_in_batch"])
+
+
+@pytest.mark.parametrize("loss_chunk_size", [0, 5])
+def test_teacher_on_the_selected_context(tmp_path, tiny_student, tiny_teacher, tokenizer, loss_chunk_size):
+    """Spec §2.11, `main_teacher_context="selected"`: L_S takes the teacher's log-probs on the selected rollout,
+    log-prob 0 past it; L_T off (λ = 0) yet the pool is sampled. Shorter teacher rollouts than the student's."""
+    teacher = ScriptedTeacher(tokenizer, lambda prompt, hinted, j: right(prompt)[:6] if j else wrong(prompt))
+    options = dict(teacher_context_coef=0.0, loss_chunk_size=loss_chunk_size)
+    trainer = make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, teacher, main_teacher_context="selected",
+                           **options)
+    batch = sampled_batch(trainer)
+    assert len(teacher.calls) == 1 and "selected_context_mask" in batch
+    P = batch["prompts"].shape[1]
+    assert (batch["selected_context_mask"][:, P:].sum(1) < batch["attention_mask"][:, P:].sum(1)).any()
+    loss, grads = loss_and_grads(trainer, batch)
+    trainer.model.zero_grad()
+    expected = selected_context_loss(trainer, batch)
+    expected.backward()
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-7)
+    for actual, reference in zip(grads, [p.grad for p in trainer.model.parameters()]):
+        torch.testing.assert_close(actual, reference, rtol=1e-4, atol=1e-7)
+    paper = make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, teacher, **options)
+    assert not torch.allclose(loss_and_grads(paper, batch)[0], loss)  # the switch changes L_S
+    assert "teacher_context" not in last_metrics(trainer)  # L_T is not computed when it is not trained
+
+
+@pytest.mark.parametrize("loss_chunk_size", [0, 5])
+def test_auto_overlap_picks_one_context_for_the_batch(tmp_path, tiny_student, tiny_teacher, tokenizer,
+                                                      loss_chunk_size):
+    """Spec §2.11, `"auto_overlap"`: the loss is the selected context's when its top-K overlap is strictly greater,
+    else the student's; a teacher equal to the student overlaps fully on the student's context, which then wins."""
+    scripted = ScriptedTeacher(tokenizer, lambda prompt, hinted, j: right(prompt))
+    for teacher_model, student_wins in ((tiny_teacher, None), (copy.deepcopy(tiny_student), True)):
+        trainer = make_trainer(tmp_path, tiny_student, teacher_model, tokenizer, scripted, teacher_context_coef=0.0,
+                               main_teacher_context="auto_overlap", loss_chunk_size=loss_chunk_size)
+        batch = sampled_batch(trainer)
+        loss = loss_and_grads(trainer, batch)[0]
+        metrics = last_metrics(trainer)
+        if student_wins:
+            assert metrics["main_context_overlap_student"] == 1.0 and metrics["main_context_selected"] == 0.0
+        picked = "selected" if metrics["main_context_selected"] else "student"
+        trainer.args.main_teacher_context = picked
+        torch.testing.assert_close(loss, loss_and_grads(trainer, batch)[0], rtol=1e-5, atol=1e-7)
+
+
+def test_released_setting_trains_two_steps(tmp_path, tiny_student, tiny_teacher, tokenizer):
+    """The released launchers (examples/configs/brts_released.yaml): G = 2 student rollouts per prompt, each row
+    with its own pool, L_S's teacher context picked by overlap, L_T not trained."""
+    trainer = make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, num_generations=2,
+                           main_teacher_context="auto_overlap", teacher_context_coef=0.0)
+    batch = sampled_batch(trainer, rows=range(2))
+    assert batch["answers"][0] == batch["answers"][1] and batch["input_ids"].shape[0] == 4
+    before = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert all(not torch.equal(p, trainer.model.get_parameter(n)) for n, p in before.items())
+    logs = [{k.removeprefix("brts/"): v for k, v in entry.items()} for entry in trainer.state.log_history[:2]]
+    rows = [sum(log[f"count_tier{level}"] for level in (1, 2, 3)) for log in logs]
+    assert all(n > 0 and n % 2 == 0 for n in rows)  # every prompt twice
+    assert [log["teacher_rollouts"] for log in logs] == [2 * n for n in rows]  # N = 2 rollouts per row
+    assert all(log["main_context_selected"] in (0.0, 1.0) and "teacher_context" not in log for log in logs)
+    assert trainer.state.global_step == 2
+
+
 def test_paper_defaults(tmp_path):
     args = BRTSConfig(output_dir=str(tmp_path))
     spec = dict(lmbda=1.0, temperature=1.0, top_k=16, teacher_context_coef=0.05, student_context_estimator="topk_rkl",
                 weight_mode="student_p", teacher_context_mode="teacher_topk_fkl", truncate_to_student_length=True,
                 num_teacher_rollouts=2, teacher_temperature=0.7, teacher_top_p=0.95, teacher_max_new_tokens=None,
                 answer_column="answer", answer_extraction="boxed", alignment="positional", recovery=False,
-                num_recovery_rollouts=1, recovery_leak_filter=False, tier3_fallback="most_similar")
+                num_recovery_rollouts=1, recovery_leak_filter=False, tier3_fallback="most_similar",
+                num_generations=1, main_teacher_context="student")
     assert {k: getattr(args, k) for k in spec} == spec
 
 
@@ -262,7 +342,8 @@ def test_paper_defaults(tmp_path):
     ("teacher_context_coef", -0.1), ("teacher_temperature", 0.0), ("teacher_top_p", 1.5),
     ("teacher_max_new_tokens", 0), ("answer_column", ""), ("student_context_estimator", "kl"),
     ("weight_mode", "uniform"), ("teacher_context_mode", "jsd"), ("answer_extraction", "regex"),
-    ("alignment", "log_likelihood"), ("tier3_fallback", "drop"),
+    ("alignment", "log_likelihood"), ("tier3_fallback", "drop"), ("num_generations", 0),
+    ("main_teacher_context", "teacher"),
 ])
 def test_bad_values_raise(tmp_path, field, value):
     with pytest.raises(ValueError, match=field) as error:

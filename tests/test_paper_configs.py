@@ -37,6 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 PAPER_YAMLS = {path.name.removesuffix("_paper.yaml"): path for path in (EXAMPLES / "configs").glob("*_paper.yaml")}
 METHODS = ("brts", "cotd_po", "gen_ssd", "tsd_kd", "vcrd")  # <method>_paper.yaml is the config of examples/<method>.py
+# Other runs of a method (e.g. the authors' released launchers), checked like the paper YAMLs: {yaml name: method}.
+OTHER_YAMLS = {"brts_released": "brts"}
+YAMLS = {**{f"{method}_paper": (method, PAPER_YAMLS[method]) for method in METHODS if method in PAPER_YAMLS},
+         **{name: (method, EXAMPLES / "configs" / f"{name}.yaml") for name, method in OTHER_YAMLS.items()}}
 
 # What a CPU test cannot run, overridden on the command line after `--config` as a user would (TRL: the command line
 # wins over the YAML): bf16 (no bf16 autocast on this CPU path: slow and not what is checked) and the GPU (use_cpu,
@@ -69,16 +73,18 @@ def example_module(method: str):
     return importlib.import_module(f"trl_reasoning_distill.scripts.{method}")
 
 
-def parse_paper_config(method: str, tmp_path, *overrides: str):
-    """`python examples/<method>.py --config <method>_paper.yaml <overrides>`, parsed; returns (module, Parsed)."""
+def parse_paper_config(name: str, tmp_path, *overrides: str):
+    """`python examples/<method>.py --config <name>.yaml <overrides>` (`name` as `brts` or `brts_released`), parsed;
+    returns (module, Parsed)."""
+    method, path = YAMLS.get(name) or YAMLS[f"{name}_paper"]
     module = example_module(method)
     parser = module.make_parser(f"{method}.py")
     script_defaults = {action.dest: action.default for action in parser._actions}
     *objects, leftover = parser.parse_args_and_config(
-        ["--config", str(PAPER_YAMLS[method]), "--output_dir", str(tmp_path / "out"), *CPU_ARGS, *overrides],
+        ["--config", str(path), "--output_dir", str(tmp_path / "out"), *CPU_ARGS, *overrides],
         return_remaining_strings=True)
     bare = {action.dest: action.default for action in DistillParser(parser.dataclass_types)._actions}
-    assert leftover == [], f"keys of {method}_paper.yaml no dataclass takes"
+    assert leftover == [], f"keys of {name}.yaml no dataclass takes"
     return module, Parsed(tuple(objects), leftover, script_defaults, bare)
 
 
@@ -101,32 +107,34 @@ def test_every_paper_yaml_has_a_method_here():
     assert sorted(PAPER_YAMLS) == sorted(METHODS), "add the new paper YAML to METHODS and to the tables of this file"
     assert all((EXAMPLES / f"{method}.py").exists() for method in METHODS)
     assert set(PAPER_VALUES) == set(METHOD_SPEED_ARGS) == set(METHODS)
+    others = {path.stem for path in (EXAMPLES / "configs").glob("*.yaml")} - {f"{m}_paper" for m in METHODS}
+    assert others == set(OTHER_YAMLS) == set(OTHER_VALUES), "add the new YAML to OTHER_YAMLS and OTHER_VALUES"
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", YAMLS)
 def test_every_model_a_yaml_names_has_a_tiny_architecture_here(method):
-    config = yaml.safe_load(PAPER_YAMLS[method].read_text())
+    config = yaml.safe_load(YAMLS[method][1].read_text())
     models = {config[key] for key in ("model_name_or_path", "teacher_model_name_or_path", "prm_model_name_or_path")
               if config.get(key)}
     assert models - set(ARCHITECTURES) == set(), "add the checkpoint's architecture to ARCHITECTURES"
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", YAMLS)
 def test_every_yaml_key_reaches_the_config_with_its_value(method, tmp_path):
     _, parsed = parse_paper_config(method, tmp_path)
     overridden = {arg.removeprefix("--") for arg in ["--output_dir", *CPU_ARGS] if arg.startswith("--")}
-    config = yaml.safe_load(PAPER_YAMLS[method].read_text())
+    config = yaml.safe_load(YAMLS[method][1].read_text())
     wrong = {key: (value, plain(getattr(parsed.owner(key), key))) for key, value in config.items()
              if key not in overridden and plain(getattr(parsed.owner(key), key)) != expected(key, value)}
     assert wrong == {}, "YAML value vs parsed value"
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", YAMLS)
 def test_no_toy_default_of_the_script_reaches_a_paper_run(method, tmp_path):
     """The examples default to the toy world (`set_defaults`); a paper YAML must set every value they change."""
     _, parsed = parse_paper_config(method, tmp_path)
     toy = {k: v for k, v in parsed.script_defaults.items() if v != parsed.dataclass_defaults[k]}
-    config = yaml.safe_load(PAPER_YAMLS[method].read_text())
+    config = yaml.safe_load(YAMLS[method][1].read_text())
     assert {k: v for k, v in toy.items() if k not in config} == {}
 
 
@@ -155,10 +163,19 @@ PAPER_VALUES = {
 }
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_paper_values_reach_the_config(method, tmp_path):
-    _, parsed = parse_paper_config(method, tmp_path)
-    for cls_name, values in PAPER_VALUES[method].items():
+# The same for the other YAMLs, keyed by name: what sets them apart from the paper's run.
+OTHER_VALUES = {
+    "brts_released": {"BRTSConfig": dict(num_generations=2, main_teacher_context="auto_overlap",
+                                         teacher_context_coef=0.0, num_teacher_rollouts=2, recovery=False,
+                                         learning_rate=1e-6, top_k=16, max_new_tokens=7168)},
+}
+
+
+@pytest.mark.parametrize("name", YAMLS)
+def test_paper_values_reach_the_config(name, tmp_path):
+    _, parsed = parse_paper_config(name, tmp_path)
+    method = name.removesuffix("_paper")
+    for cls_name, values in {**PAPER_VALUES, **OTHER_VALUES}[method].items():
         obj = parsed[cls_name]
         assert {k: plain(getattr(obj, k)) for k in values} == values, cls_name
     if method == "cotd_po":  # K = 8 temperatures spread over [0.6, 1.2] (spec §7 item 5)
@@ -298,9 +315,10 @@ def toy_tokenizer():
     return load_toy_tokenizer()
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_trainer_builds_from_the_paper_config_and_trains_one_step(method, tmp_path, toy_tokenizer):
-    module, parsed = parse_paper_config(method, tmp_path, *SPEED_ARGS, *METHOD_SPEED_ARGS[method])
+@pytest.mark.parametrize("name", YAMLS)
+def test_trainer_builds_from_the_paper_config_and_trains_one_step(name, tmp_path, toy_tokenizer):
+    method = YAMLS[name][0]
+    module, parsed = parse_paper_config(name, tmp_path, *SPEED_ARGS, *METHOD_SPEED_ARGS[method])
     trainer = build_trainer(method, module, parsed, toy_tokenizer, tmp_path)
     trainer.train()
     logs = trainer.state.log_history[0]

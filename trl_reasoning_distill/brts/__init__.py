@@ -1,8 +1,8 @@
 """BRTS, on-policy distillation with best-of-N teacher rollout selection (https://huggingface.co/papers/2605.09725).
 
-The pure pieces need torch only: the selection waterfall, alignment scores and recovery prompt (`selection.py`) and
-the two loss branches (`loss.py`). `BRTSConfig` and `BRTSTrainer` (which import trl) load on first access, so
-importing this package stays light.
+The pure pieces need torch only: the selection waterfall, alignment scores and recovery prompt (`selection.py`), the
+two loss branches (`loss.py`) and the released launchers' overlap test of L_S's teacher context (`main_context.py`).
+`BRTSConfig` and `BRTSTrainer` (which import trl) load on first access, so importing this package stays light.
 """
 
 import importlib
@@ -17,6 +17,7 @@ from .loss import (
     teacher_topk_fkl,
     teacher_topk_fkl_chunked,
 )
+from .main_context import MAIN_TEACHER_CONTEXTS, topk_overlap
 from .selection import (
     ALIGNMENT_METRICS,
     ASSISTANT_MARKERS,
@@ -47,6 +48,7 @@ __all__ = [
     "BRTSConfig",
     "BRTSLossOutput",
     "BRTSTrainer",
+    "MAIN_TEACHER_CONTEXTS",
     "RECOVERY_HINT_TEMPLATE",
     "RecoveryPrompts",
     "TIER_NAMES",
@@ -71,6 +73,7 @@ __all__ = [
     "teacher_topk",
     "teacher_topk_fkl",
     "teacher_topk_fkl_chunked",
+    "topk_overlap",
 ]
 
 

@@ -17,6 +17,7 @@ from .loss import (
     TEACHER_CONTEXT_MODES,
     WEIGHT_MODES,
 )
+from .main_context import MAIN_TEACHER_CONTEXTS
 from .selection import FALLBACKS
 
 TRAINER_ALIGNMENTS = ("positional", "teacher_ctx")  # the code's _topk_overlap; ours: overlap at the teacher prefix
@@ -46,6 +47,19 @@ class BRTSConfig(TeacherGenerationConfig, KDConfig):
             estimator on the teacher's context (`"student_topk_rkl"`).
         truncate_to_student_length (`bool`, *optional*, defaults to `True`):
             Supervise the selected rollout only up to the length of the student's rollout, as the code does.
+
+        > Parameters of the released launchers (`examples/configs/brts_released.yaml`; the paper's setting is the
+        > default)
+
+        num_generations (`int`, *optional*, defaults to `1`):
+            G, student rollouts per prompt: each prompt of a batch is repeated G times (so
+            `per_device_train_batch_size` counts prompts), and each row gets its own teacher pool, as in the code. The
+            paper's BRTS runs use 1; the released launchers 2 (`N_RESPONSES`).
+        main_teacher_context (`str`, *optional*, defaults to `"student"`):
+            Context of L_S's teacher log-probs: `"student"`, the student's rollout (paper §3.1); `"selected"`, the
+            selected teacher rollout (`apply_selected_for_teacher_forward`); `"auto_overlap"`, whichever of the two
+            holds more of the student's top-K in the teacher's top-K over the batch (plus
+            `multi_forward_select_by_overlap`, the released `forward.sh`). Neither is in the paper (spec §2.11).
 
         > Parameters of the teacher rollout pool and the selection (Tiers 1-3)
 
@@ -116,6 +130,18 @@ class BRTSConfig(TeacherGenerationConfig, KDConfig):
         metadata={"help": "Truncate the selected rollout to the student's rollout length in L_T (ours: "
                           "as the [code] does)."},
     )
+    num_generations: int = field(
+        default=1,
+        metadata={"help": "G, student rollouts per prompt (each prompt repeated G times in its batch): 1 (paper "
+                          "App. A, 'Student 1'); the released launchers use 2 ([code] N_RESPONSES)."},
+    )
+    main_teacher_context: str = field(
+        default="student",
+        metadata={"help": f"Context of L_S's teacher, one of {MAIN_TEACHER_CONTEXTS}: student, matched contexts "
+                          "(paper §3.1); selected: the selected teacher rollout ([code] "
+                          "apply_selected_for_teacher_forward); auto_overlap: the context with more top-K overlap "
+                          "([code] multi_forward_select_by_overlap, the released launchers)."},
+    )
     num_teacher_rollouts: int = field(
         default=2, metadata={"help": "N, teacher rollouts per prompt: 2 (paper main setting, Table 1; [code])."}
     )
@@ -166,7 +192,7 @@ class BRTSConfig(TeacherGenerationConfig, KDConfig):
         if self.lmbda != 1.0 or self.seq_kd:
             raise ValueError(f"BRTS is on-policy only: lmbda must be 1.0 and seq_kd False, got lmbda={self.lmbda}, "
                              f"seq_kd={self.seq_kd}.")
-        for name in ("top_k", "num_teacher_rollouts", "num_recovery_rollouts"):
+        for name in ("top_k", "num_generations", "num_teacher_rollouts", "num_recovery_rollouts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not self.teacher_context_coef >= 0.0:
@@ -183,7 +209,11 @@ class BRTSConfig(TeacherGenerationConfig, KDConfig):
             "student_context_estimator": STUDENT_CONTEXT_ESTIMATORS, "weight_mode": WEIGHT_MODES,
             "teacher_context_mode": TEACHER_CONTEXT_MODES, "answer_extraction": EXTRACTION_MODES,
             "alignment": TRAINER_ALIGNMENTS, "tier3_fallback": FALLBACKS,
+            "main_teacher_context": MAIN_TEACHER_CONTEXTS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if self.main_teacher_context != "student" and self.student_context_estimator != "topk_rkl":
+            raise ValueError(f"main_teacher_context={self.main_teacher_context!r} (the released code's path) "
+                             f"needs student_context_estimator='topk_rkl', got {self.student_context_estimator!r}.")

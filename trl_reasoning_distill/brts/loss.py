@@ -76,6 +76,7 @@ def brts_loss(
     weight_mode: str = "student_p",
     teacher_context_mode: str = "teacher_topk_fkl",
     temperature: float = 1.0,
+    teacher_available: torch.Tensor | None = None,
     num_items_in_batch: int | torch.Tensor | None = None,
     selected_num_items: int | torch.Tensor | None = None,
     num_processes: int = 1,
@@ -103,6 +104,9 @@ def brts_loss(
             See [`teacher_context_loss`] (spec §2.9 and §8 item 2).
         temperature (`float`, *optional*, defaults to `1.0`):
             Divides all logits (spec §3: student and teacher logit temperature 1.0).
+        teacher_available (`torch.Tensor` or `None`, *optional*, defaults to `None`):
+            With `teacher_logits` from the selected rollout's context (the released launchers, spec §2.11): the
+            positions it reaches, see [`student_topk_rkl`].
         num_items_in_batch (`int` or `torch.Tensor` or `None`, *optional*, defaults to `None`):
             Loss-token count of the student-context branch over the global batch; `None`: this micro-batch.
         selected_num_items (`int` or `torch.Tensor` or `None`, *optional*, defaults to `None`):
@@ -128,6 +132,7 @@ def brts_loss(
         top_k=top_k,
         weight_mode=weight_mode,
         temperature=temperature,
+        teacher_available=teacher_available,
         num_items_in_batch=num_items_in_batch,
         num_processes=num_processes,
     )

@@ -35,6 +35,7 @@ def student_topk_rkl(
     topk_ids: torch.Tensor | None = None,
     weight_mode: str = "student_p",
     temperature: float = 1.0,
+    teacher_available: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """
     Per-token sampled top-K reverse KL of the student-context branch, spec §2.3 (Eq. (3) as the code computes it).
@@ -62,11 +63,15 @@ def student_topk_rkl(
             `"teacher_p"` or `"none"` (uniform).
         temperature (`float`, *optional*, defaults to `1.0`):
             Divides both logits (spec §2.3: rollout and teacher temperature 1.0 in the code).
+        teacher_available (`torch.Tensor` or `None`, *optional*, defaults to `None`):
+            Bool tensor `(...)`, for `teacher_logits` taken on another context (the released launchers' main branch,
+            spec §2.11): where `False`, the teacher's log-probabilities are 0, as the released code reads them from
+            padding. `None`: all available.
 
     Returns:
         `torch.Tensor`: Per-token values of shape `(...)` (float32, or float64 for float64 logits).
     """
-    _check_logits(student_logits, teacher_logits, None)
+    _check_logits(student_logits, teacher_logits, teacher_available)
     _check_choice("weight_mode", weight_mode, WEIGHT_MODES)
     if not temperature > 0.0:
         raise ValueError(f"`temperature` must be > 0, got {temperature}.")
@@ -81,6 +86,8 @@ def student_topk_rkl(
         _check_ids("topk_ids", topk_ids, student_logits.shape[:-1], vocab_size)
     student_logp_K = student_logp_V.gather(-1, topk_ids.long())
     teacher_logp_K = teacher_logp_V.gather(-1, topk_ids.long())  # step 2: log p at the student's ids
+    if teacher_available is not None:  # spec §2.11: no teacher token there, log-prob 0 from padding
+        teacher_logp_K = teacher_logp_K.masked_fill(~teacher_available.bool()[..., None], 0.0)
     weights_K = _topk_weights(student_logp_K, teacher_logp_K, weight_mode)  # step 3
     minus_advantage_K = weights_K * (student_logp_K.detach() - teacher_logp_K)  # step 4: -A
     ratio_K = torch.exp(student_logp_K - student_logp_K.detach())  # step 5: exactly 1, gradient ∇ log q
@@ -97,6 +104,7 @@ def student_context_loss(
     topk_ids: torch.Tensor | None = None,
     weight_mode: str = "student_p",
     temperature: float = 1.0,
+    teacher_available: torch.Tensor | None = None,
     num_items_in_batch: int | torch.Tensor | None = None,
     num_processes: int = 1,
 ) -> torch.Tensor:
@@ -117,8 +125,8 @@ def student_context_loss(
         estimator (`str`, *optional*, defaults to `"topk_rkl"`):
             `"topk_rkl"`: [`student_topk_rkl`] (the code, spec §2.3); `"full_rkl"`: the exact reverse KL over the
             vocabulary (spec §8 item 8, TRL GKD with β = 1).
-        top_k, topk_ids, weight_mode:
-            As in [`student_topk_rkl`]; ignored by `"full_rkl"`.
+        top_k, topk_ids, weight_mode, teacher_available:
+            As in [`student_topk_rkl`]; ignored by `"full_rkl"` (which refuses `teacher_available`).
         temperature (`float`, *optional*, defaults to `1.0`):
             Divides both logits (spec §2.3).
         num_items_in_batch (`int` or `torch.Tensor` or `None`, *optional*, defaults to `None`):
@@ -133,6 +141,8 @@ def student_context_loss(
     _check_choice("estimator", estimator, STUDENT_CONTEXT_ESTIMATORS)
     _check_logits(student_logits, teacher_logits, mask)
     if estimator == "full_rkl":
+        if teacher_available is not None:
+            raise ValueError("`teacher_available` (a teacher on another context, spec §2.11) needs `topk_rkl`.")
         per_token = reverse_kl(student_logits, teacher_logits.detach(), temperature=temperature)
     else:
         per_token = student_topk_rkl(
@@ -142,5 +152,6 @@ def student_context_loss(
             topk_ids=topk_ids,
             weight_mode=weight_mode,
             temperature=temperature,
+            teacher_available=teacher_available,
         )
     return global_token_mean(per_token, mask, num_items_in_batch, num_processes)  # Eq. (3), spec §8 item 9

@@ -10,11 +10,15 @@ the teacher prompted with the ground truth (Tier 2); `select_rollout` keeps one 
 prompt, so the hint never reaches the student. Differences from the authors' verl code: any `Generator` (e.g. vLLM)
 may sample the teacher; hinted rollouts are sampled for the unsolved prompts only; each branch is a token mean over
 the global batch (spec §8 item 9); L_S takes its top-K set from the loss's own forward, the same set as the pre-update
-forward with one on-policy update and no dropout (spec §8 item 8).
+forward with one on-policy update and no dropout (spec §8 item 8). The released launchers' settings (G student
+rollouts per prompt, L_S's teacher on the selected rollout's context, spec §2.11) are `num_generations` and
+`main_teacher_context`.
 """
 
 import textwrap
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +34,7 @@ from ..validation import checked_rows
 from ..verify import extract_answer, grade
 from .config import BRTSConfig
 from .loss import BRTSLossOutput, brts_loss, student_topk_rkl, teacher_topk, teacher_topk_fkl_chunked
+from .main_context import topk_overlap
 from .selection import (
     mentions_validation_key,
     recovery_prompts,
@@ -42,6 +47,28 @@ from .selection import (
 )
 
 
+@dataclass
+class RepeatedRows:
+    """The wrapped collator on every example repeated `repeats` times in a row: G student rollouts per prompt."""
+
+    collator: Callable
+    repeats: int
+
+    def __call__(self, examples: list[dict]) -> dict:
+        return self.collator([example for example in examples for _ in range(self.repeats)])
+
+
+def samples_teacher_rollouts(args: BRTSConfig) -> bool:
+    """Whether a step samples the teacher's pool: for L_T, or for L_S's teacher context (spec §2.11)."""
+    return args.teacher_context_coef > 0 or args.main_teacher_context != "student"
+
+
+def fit_width(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """`tensor` `(B, L, ...)` cut or zero-padded to `(B, width, ...)`: response positions of another sequence."""
+    tensor = tensor[:, :width]
+    return F.pad(tensor, [0, 0] * (tensor.dim() - 2) + [0, width - tensor.shape[1]])
+
+
 class BRTSTrainer(KDTrainer):
     """[`KDTrainer`] that samples N teacher rollouts per prompt, grades them, selects one (Tiers 1-3) and trains on
     `L_S + λ · L_T`. Metrics are logged as `brts/<name>`.
@@ -52,7 +79,7 @@ class BRTSTrainer(KDTrainer):
             Defaults to Hugging Face `generate` on `teacher_model`, as the authors' code does.
         model, teacher_model, args, train_dataset, **kwargs:
             As in [`KDTrainer`]; `args` is a [`BRTSConfig`], and `train_dataset` needs `args.answer_column` unless
-            `teacher_context_coef` is 0.
+            `teacher_context_coef` is 0 and `main_teacher_context` is `"student"` (no teacher rollouts).
     """
 
     _tag_names = ["trl", "gkd", "trl-reasoning-distill", "brts"]
@@ -76,16 +103,18 @@ class BRTSTrainer(KDTrainer):
         if not isinstance(args, BRTSConfig):
             raise ValueError(f"BRTSTrainer needs `args` to be a BRTSConfig, got {type(args).__name__}.")
         columns = None if train_dataset is None else train_dataset.column_names
-        if args.teacher_context_coef > 0 and columns is not None and args.answer_column not in columns:
+        if samples_teacher_rollouts(args) and columns is not None and args.answer_column not in columns:
             raise ValueError(f"BRTS grades the teacher's rollouts against the ground truth: the training dataset "
                              f"needs an {args.answer_column!r} column (see `answer_column`); it has {columns}.")
-        if args.teacher_context_coef > 0:  # a None or blank answer would be graded as "None" or ""
+        if samples_teacher_rollouts(args):  # a None or blank answer would be graded as "None" or ""
             train_dataset = checked_rows(train_dataset, "the training dataset", answer_column=args.answer_column)
         super().__init__(model, teacher_model, args, train_dataset=train_dataset, **kwargs)
         self.teacher_generator = teacher_generator or teacher_generator_from_config(
             args, self.accelerator.unwrap_model(self.teacher_model), self.processing_class,
             self.accelerator.num_processes)  # `teacher_generation_backend`: None samples with HF generate
         self.data_collator = AnswerCollator(self.data_collator, args.answer_column)
+        if args.num_generations > 1:  # G rows per prompt, side by side in the batch
+            self.data_collator = RepeatedRows(self.data_collator, args.num_generations)
 
     # --- sampling: the student's rollouts (KDTrainer), then the teacher's pool and the selection -------------------
 
@@ -99,7 +128,7 @@ class BRTSTrainer(KDTrainer):
 
     def _sample_completions(self, inputs: dict) -> dict:
         inputs = super()._sample_completions(inputs)
-        if self.args.teacher_context_coef == 0:  # plain OPD: no teacher rollouts (spec §9 item 1)
+        if not samples_teacher_rollouts(self.args):  # plain OPD: no teacher rollouts (spec §9 item 1)
             return inputs
         if "answers" not in inputs:
             raise ValueError(f"BRTS needs the ground-truth column {self.args.answer_column!r} in every training row.")
@@ -211,7 +240,8 @@ class BRTSTrainer(KDTrainer):
         return topk_BLK
 
     def _selected_batch(self, inputs: dict, ids_BL, real_BL, valid_BL, tier_B) -> dict:
-        """The selected rollouts after the original prompt, and the loss mask of L_T as labels (spec §2.9)."""
+        """The selected rollouts after the original prompt, the loss mask of L_T as labels (spec §2.9), and the
+        tokens a teacher on that context reaches for L_S (`selected_context_mask`, spec §2.11: not pad or EOS)."""
         student_mask_BC = inputs["attention_mask"][:, inputs["prompts"].shape[1] :].bool()
         if self.args.truncate_to_student_length:  # later tokens are never supervised: do not compute them
             ids_BL, real_BL, valid_BL = (t[:, : student_mask_BC.shape[1]] for t in (ids_BL, real_BL, valid_BL))
@@ -224,6 +254,7 @@ class BRTSTrainer(KDTrainer):
             "selected_input_ids": torch.cat([prompts, ids_BL], dim=1),
             "selected_attention_mask": torch.cat([inputs["prompt_attention_mask"], real_BL.long()], dim=1),
             "selected_labels": torch.cat([torch.full_like(prompts, -100), ids_BL.masked_fill(~mask_BL, -100)], 1),
+            "selected_context_mask": torch.cat([torch.zeros_like(prompts, dtype=torch.bool), valid_BL], dim=1),
         }
 
     # --- loss --------------------------------------------------------------------------------------------------
@@ -238,15 +269,71 @@ class BRTSTrainer(KDTrainer):
 
     def _logits_loss(self, model, inputs, num_items_in_batch, selected_num_items):
         """`brts_loss` on both models' full `(B, T, V)` logits (`loss_chunk_size=0`)."""
-        student = self._logits(model, inputs, "")
-        selected = self._logits(model, inputs, "selected_") if "selected_input_ids" in inputs else (None,) * 3
         args = self.args
-        out = brts_loss(*student, *selected, teacher_context_coef=args.teacher_context_coef, top_k=args.top_k,
-                        student_context_estimator=args.student_context_estimator, weight_mode=args.weight_mode,
-                        teacher_context_mode=args.teacher_context_mode, temperature=self.temperature,
+        student_BTV, teacher_BTV, mask_BT = self._logits(model, inputs, "")
+        teacher_BTV, available_BT = self._main_teacher_logits(inputs, student_BTV, teacher_BTV, mask_BT)
+        with_selected = "selected_input_ids" in inputs and args.teacher_context_coef > 0  # L_T off: not computed
+        selected = self._logits(model, inputs, "selected_") if with_selected else (None,) * 3
+        out = brts_loss(student_BTV, teacher_BTV, mask_BT, *selected, teacher_context_coef=args.teacher_context_coef,
+                        top_k=args.top_k, student_context_estimator=args.student_context_estimator,
+                        weight_mode=args.weight_mode, teacher_context_mode=args.teacher_context_mode,
+                        temperature=self.temperature, teacher_available=available_BT,
                         num_items_in_batch=num_items_in_batch, selected_num_items=selected_num_items,
                         num_processes=self.accelerator.num_processes)
-        return out, (student[2], selected[2])
+        return out, (mask_BT, selected[2])
+
+    def _main_teacher_logits(self, inputs: dict, student_BTV, teacher_BTV, mask_BT):
+        """L_S's teacher logits and where they hold (spec §2.11): `teacher_BTV` on the student's rollout, or the
+        teacher's on the selected rollout at the same response positions (`main_teacher_context`)."""
+        if self.args.main_teacher_context == "student" or "selected_input_ids" not in inputs:
+            return teacher_BTV, None
+        width = mask_BT.shape[1]
+        with torch.no_grad():
+            selected_BTV = self.teacher_model(input_ids=inputs["selected_input_ids"],
+                                              attention_mask=inputs["selected_attention_mask"]).logits
+        selected_BTV = fit_width(selected_BTV[:, :-1, : self.vocab_size], width)
+        available_BT = fit_width(inputs["selected_context_mask"][:, 1:], width)
+        if self.args.main_teacher_context == "auto_overlap":
+            student_ids, teacher_ids, selected_ids = (logits.detach().topk(self.args.top_k, dim=-1).indices
+                                                      for logits in (student_BTV, teacher_BTV, selected_BTV))
+            if not self._selected_context_wins(topk_overlap(student_ids, teacher_ids, mask_BT),
+                                               topk_overlap(student_ids, selected_ids, mask_BT, available_BT)):
+                return teacher_BTV, None
+        return selected_BTV, available_BT
+
+    def _main_teacher_hidden(self, model, inputs: dict, student_MH, teacher_MH, mask_BT):
+        """`_main_teacher_logits` from the last hidden states at the loss tokens, `(M, H)`, and `(M,)`."""
+        if self.args.main_teacher_context == "student" or "selected_input_ids" not in inputs:
+            return teacher_MH, None
+        width = mask_BT.shape[1]
+        selected_inputs = {"input_ids": inputs["selected_input_ids"],
+                           "attention_mask": inputs["selected_attention_mask"]}
+        with torch.no_grad():
+            selected_MH = fit_width(last_hidden_state(self.teacher_model, selected_inputs), width)[mask_BT]
+        available_M = fit_width(inputs["selected_context_mask"][:, 1:], width)[mask_BT]
+        if self.args.main_teacher_context == "auto_overlap":
+            student_ids, teacher_ids, selected_ids = (
+                chunked_topk(hidden_MH, self.output_weight(head), self.args.top_k, chunk_size=self._chunk_size(),
+                             vocab_size=self.vocab_size)
+                for hidden_MH, head in ((student_MH, model), (teacher_MH, self.teacher_model),
+                                        (selected_MH, self.teacher_model)))
+            everywhere_M = torch.ones_like(available_M)
+            if not self._selected_context_wins(topk_overlap(student_ids, teacher_ids, everywhere_M),
+                                               topk_overlap(student_ids, selected_ids, everywhere_M, available_M)):
+                return teacher_MH, None
+        return selected_MH, available_M
+
+    def _selected_context_wins(self, student_context: tuple, selected_context: tuple) -> bool:
+        """`multi_forward_select_by_overlap` (spec §2.11): the selected rollout's context serves L_S for the whole
+        batch (every process's rows) only when its overlap is strictly greater; a tie keeps the student's."""
+        (student_hits, slots), (selected_hits, _) = student_context, selected_context
+        student_hits, slots, selected_hits = self.accelerator.reduce(
+            torch.stack([student_hits, slots, selected_hits]), reduction="sum").tolist()
+        wins = selected_hits > student_hits
+        self.log_metric("main_context_selected", float(wins))
+        self.log_metric("main_context_overlap_student", student_hits / max(slots, 1.0))
+        self.log_metric("main_context_overlap_selected", selected_hits / max(slots, 1.0))
+        return wins
 
     def _logits(self, model, inputs: dict, prefix: str):
         """Both models' logits `(B, T-1, V)` on the `prefix` sequences, and the loss mask `(B, T-1)`."""
@@ -260,16 +347,17 @@ class BRTSTrainer(KDTrainer):
         """The same loss from the last hidden states, `C` tokens at a time: neither model's logits are built."""
         P, coef = self.accelerator.num_processes, self.args.teacher_context_coef
         student_MH, teacher_MH, mask_BT = self._hidden(model, inputs, "")
-        values_M = self._student_context_values(model, student_MH, teacher_MH, self.args.student_context_estimator)
+        teacher_MH, available_M = self._main_teacher_hidden(model, inputs, student_MH, teacher_MH, mask_BT)
+        values_M = self._student_context_values(model, student_MH, teacher_MH, self.args.student_context_estimator,
+                                                available_M=available_M)
         student_context = global_token_mean(values_M, torch.ones_like(values_M), num_items_in_batch, P)  # Eq. (3)
-        if "selected_input_ids" not in inputs:
+        if "selected_input_ids" not in inputs or coef == 0:  # L_T off: not computed
             return BRTSLossOutput(student_context, student_context, torch.zeros_like(student_context.detach())), (
                 mask_BT, None)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and coef > 0):
-            student_MH, teacher_MH, selected_mask_BT = self._hidden(model, inputs, "selected_")
-            values_M = self._teacher_context_values(model, student_MH, teacher_MH)
-            teacher_context = global_token_mean(values_M, torch.ones_like(values_M), selected_num_items, P)  # Eq. (4)
-        loss = student_context if coef == 0 else student_context + coef * teacher_context  # Eq. (5)
+        student_MH, teacher_MH, selected_mask_BT = self._hidden(model, inputs, "selected_")
+        values_M = self._teacher_context_values(model, student_MH, teacher_MH)
+        teacher_context = global_token_mean(values_M, torch.ones_like(values_M), selected_num_items, P)  # Eq. (4)
+        loss = student_context + coef * teacher_context  # Eq. (5)
         return BRTSLossOutput(loss, student_context, teacher_context), (mask_BT, selected_mask_BT)
 
     def _hidden(self, model, inputs: dict, prefix: str):
@@ -281,8 +369,10 @@ class BRTSTrainer(KDTrainer):
             teacher_MH = last_hidden_state(self.teacher_model, model_inputs)[mask_BT]
         return student_MH, teacher_MH, mask_BT
 
-    def _student_context_values(self, model, student_MH, teacher_MH, estimator: str, weight_mode=None):
-        """Per-token L_S (spec §2.3) from hidden states: the top-K reverse KL, or the exact one (`"full_rkl"`)."""
+    def _student_context_values(self, model, student_MH, teacher_MH, estimator: str, weight_mode=None,
+                                available_M=None):
+        """Per-token L_S (spec §2.3) from hidden states: the top-K reverse KL, or the exact one (`"full_rkl"`);
+        `available_M` marks where a teacher on another context holds (spec §2.11)."""
         chunk_size, temperature = self._chunk_size(), self.temperature
         if estimator == "full_rkl":
             return chunked_distill_loss(student_MH, self.output_weight(model), teacher_MH,
@@ -292,13 +382,14 @@ class BRTSTrainer(KDTrainer):
         student_head_VH = self.output_weight(model)[: self.vocab_size]
         teacher_head_VH = self.output_weight(self.teacher_model)[: self.vocab_size].detach()
 
-        def chunk(student_CH, teacher_CH):
+        def chunk(student_CH, teacher_CH, available_C):
             return student_topk_rkl(F.linear(student_CH, student_head_VH), F.linear(teacher_CH, teacher_head_VH),
                                     top_k=self.args.top_k, weight_mode=weight_mode or self.args.weight_mode,
-                                    temperature=temperature)
+                                    temperature=temperature, teacher_available=available_C)
 
         # Activation checkpointing: each chunk's [C, V] logits are recomputed in the backward pass, never all kept.
         return torch.cat([checkpoint(chunk, student_MH[i : i + chunk_size], teacher_MH[i : i + chunk_size],
+                                     None if available_M is None else available_M[i : i + chunk_size],
                                      use_reentrant=False) for i in range(0, max(len(student_MH), 1), chunk_size)])
 
     def _teacher_context_values(self, model, student_MH, teacher_MH):
