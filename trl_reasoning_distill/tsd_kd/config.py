@@ -39,7 +39,12 @@ class TSDKDConfig(KDConfig):
             micro-batch, so unlike `"sequence"` it depends on the per-device batch size; the mean is global).
         reference_code_compat (`bool`, *optional*, defaults to `False`):
             Compute what the authors' released code computes (reversed PL denominator, batch-flattened exclusive
-            opener, one ratio for both selections, top ~90 % entropy set, zero JSD at β ∈ {0, 1}).
+            opener, one ratio for both selections, top ~90 % entropy set, zero JSD at β ∈ {0, 1}). The vocabulary
+            stays ours: the released code resizes the student to the teacher's 152,064 embedding rows and takes
+            every softmax over all of them, so both models also put probability mass on the untrained padding rows
+            past the tokenizer's 151,665 tokens (and the student's resized rows start near an average token's
+            logit); we slice both models to the tokenizer's rows, so the JSD, entropies and top-K log-probs are
+            over real tokens only and differ slightly from the released code's even with this switch on.
 
         > Parameters of the adaptive opener (App. A.7)
 
@@ -92,7 +97,9 @@ class TSDKDConfig(KDConfig):
     reference_code_compat: bool = field(
         default=False,
         metadata={"help": "Reproduce the released code's loss (its train.py's trainer); needs entropy_ratio == "
-                          "opener_ratio and adaptive_opener=False."},
+                          "opener_ratio and adaptive_opener=False. The vocabulary stays ours: softmaxes over the "
+                          "tokenizer's rows, where the released code resizes the student to the teacher's 152,064 "
+                          "rows and normalises over all, padding rows included."},
     )
     adaptive_opener: bool = field(
         default=False, metadata={"help": "Adaptive opener ratio p from the entropy gap (paper App. A.7)."}
