@@ -16,14 +16,15 @@ def test_models_are_padded_past_the_tokenizer():
     teacher, student = load_toy_teacher(), load_toy_student()
     assert teacher.config.vocab_size > n and student.config.vocab_size > n
     assert teacher.config.vocab_size != student.config.vocab_size
-    assert teacher.num_parameters() > 4 * student.num_parameters()
+    assert teacher.num_parameters() > 1.5 * student.num_parameters()  # v2: the student has about half the weights
 
 
 @pytest.mark.slow
 def test_accuracy_targets_on_500_held_out_problems():
-    """Issue targets: teacher greedy >= 0.90; cold-started student in [0.15, 0.50]."""
+    """Issue targets: teacher greedy >= 0.90; cold-started student in [0.15, 0.40] (room for the methods to lift it:
+    tests/test_toy_headroom.py)."""
     tokenizer, test = load_toy_tokenizer(), toy_dataset("test", 500, seed=0)
     teacher = evaluate(load_toy_teacher(), tokenizer, test, max_new_tokens=192, progress=False).greedy_accuracy
     student = evaluate(load_toy_student(), tokenizer, test, max_new_tokens=192, progress=False).greedy_accuracy
     assert teacher >= 0.90
-    assert 0.15 <= student <= 0.50
+    assert 0.15 <= student <= 0.40

@@ -4,9 +4,9 @@
 
 1. Teacher (4 layers, hidden 128): trained from scratch on gold solutions of every style, 2-6 operands, until its
    greedy accuracy on validation problems (2-4 operands) reaches `teacher_target` or `teacher_max_steps` pass.
-2. Student (2 layers, hidden 64): cold-started on a little verified *teacher* data (teacher samples at temperature 1,
-   kept when correct), stopped as soon as its validation accuracy enters the target band, so methods have room to
-   improve it. Validation problems never appear in the test split that evaluations use.
+2. Student (3 layers, hidden 96, intermediate 256): cold-started on a little verified *teacher* data (teacher
+   samples at temperature 1, kept when correct), stopped as soon as its validation accuracy enters the target band,
+   so methods have room to improve it (plain SFT on verified teacher samples lifts it by > 0.20 in 500 steps). Validation problems never appear in the test split that evaluations use.
 """
 
 import argparse

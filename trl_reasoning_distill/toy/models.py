@@ -8,7 +8,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 TEACHER_SHAPE = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4, "vocab_multiple": 64}
-STUDENT_SHAPE = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "vocab_multiple": 16}
+STUDENT_SHAPE = {"hidden_size": 96, "intermediate_size": 256, "num_hidden_layers": 3, "vocab_multiple": 16}
 
 
 def padded_vocab_size(n_tokens: int, multiple: int) -> int:
