@@ -6,7 +6,8 @@
    greedy accuracy on validation problems (2-4 operands) reaches `teacher_target` or `teacher_max_steps` pass.
 2. Student (3 layers, hidden 96, intermediate 256): cold-started on a little verified *teacher* data (teacher
    samples at temperature 1, kept when correct), stopped as soon as its validation accuracy enters the target band,
-   so methods have room to improve it (plain SFT on verified teacher samples lifts it by > 0.20 in 500 steps). Validation problems never appear in the test split that evaluations use.
+   so methods have room to improve it (plain SFT on verified teacher samples lifts it by > 0.20 in 500 steps).
+   Validation problems never appear in the test split that evaluations use.
 """
 
 import argparse
