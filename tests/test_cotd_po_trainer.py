@@ -1,6 +1,7 @@
 """CoTDPOTrainer and CoTDPOConfig on the tiny toy models: training, no reference model, the loss against
 `cotd_po_loss` by hand, reference-free DPO at G=2, padding invariance, released-code parity, data checks, config."""
 
+import copy
 import dataclasses
 import re
 
@@ -12,7 +13,15 @@ from conftest import CPU_TRAINING
 from datasets import Dataset
 
 from trl_reasoning_distill._trl import DPOConfig, DPOTrainer
-from trl_reasoning_distill.cotd_po import CoTDPOConfig, CoTDPOTrainer, cotd_po_loss, token_log_probs
+from trl_reasoning_distill.cotd_po import (
+    LLAMA3_RELEASED_PROMPT_TEMPLATE,
+    CoTDPOConfig,
+    CoTDPOTrainer,
+    TeacherRationales,
+    cotd_po_loss,
+    token_log_probs,
+)
+from trl_reasoning_distill.generation import Sample
 from trl_reasoning_distill.toy.models import build_student
 from trl_reasoning_distill.toy.task import sample_problems, solution
 
@@ -269,6 +278,64 @@ def test_needs_a_cotd_po_config_and_takes_no_reference_model(tmp_path, tiny_stud
 
 
 # --- config --------------------------------------------------------------------------------------------------------
+
+
+class RecordingGenerator:
+    """Answers every context with a finished rationale and records the contexts' token ids."""
+
+    def __init__(self):
+        self.prompt_ids = []
+
+    def generate(self, prompt_ids, n=1, **kwargs):
+        self.prompt_ids += prompt_ids
+        return [[Sample([1], "a rationale", "stop")] * n for _ in prompt_ids]
+
+
+def bos_adding(tokenizer):
+    """The toy tokenizer, made to prepend a BOS (its `<|im_start|>`) whenever special tokens are added."""
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.bos_token = "<|im_start|>"
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", tokenizer.bos_token_id)])
+    return tokenizer
+
+
+def test_raw_prompt_template_replaces_the_chat_template(tmp_path, tiny_student, tokenizer):
+    """The released code's Llama-3 markup as `prompt_template`: the candidates' and the rationales' prompts are the
+    template's text around the instruction, tokenized as is (no BOS, even from a tokenizer that adds one)."""
+    tokenizer = bos_adding(tokenizer)
+    assert tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id
+    trainer = make_trainer(tmp_path, tiny_student, tokenizer, prompt_template=LLAMA3_RELEASED_PROMPT_TEMPLATE,
+                           instruction_template="Question: {prompt}", max_length=512)
+    rows = group_rows()
+    texts = [LLAMA3_RELEASED_PROMPT_TEMPLATE.replace("{prompt}", "Question: " + row["prompt"][0]["content"])
+             for row in rows]
+    prefixes = trainer.train_dataset["prefix_ids"]
+    assert len(prefixes) == len(rows)
+    for prefix_ids, text in zip(prefixes, texts):
+        assert prefix_ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(prefix_ids) == text and prefix_ids[0] != tokenizer.bos_token_id
+    generator = RecordingGenerator()
+    TeacherRationales(None, tokenizer, trainer.args, generator=generator).rationales([r["prompt"] for r in rows])
+    thought_ids = tokenizer("<think>", add_special_tokens=False)["input_ids"]
+    assert generator.prompt_ids == [tokenizer(t, add_special_tokens=False)["input_ids"] + thought_ids for t in texts]
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
+@pytest.mark.parametrize("template", ["no field", "{prompt} and {prompt}"])
+def test_a_raw_prompt_template_needs_one_prompt_field(tmp_path, template):
+    with pytest.raises(ValueError, match="prompt_template must contain '{prompt}' exactly once"):
+        CoTDPOConfig(output_dir=str(tmp_path), prompt_template=template)
+
+
+def test_a_raw_prompt_template_takes_one_user_turn(tmp_path, tiny_student, tokenizer):
+    rows = group_rows()
+    rows[1]["prompt"] = [{"role": "system", "content": "Be brief."}, *rows[1]["prompt"]]
+    with pytest.raises(ValueError, match="single user turn"):
+        make_trainer(tmp_path, tiny_student, tokenizer, rows, prompt_template="U: {prompt}\nA: ")
 
 
 def test_defaults_are_the_spec_values(tmp_path):

@@ -38,6 +38,7 @@ from .scoring import (
 
 _LAZY = {
     "CoTDPOConfig": "config",
+    "LLAMA3_RELEASED_PROMPT_TEMPLATE": "config",
     "CoTDPOTrainer": "trainer",
     "DataCollatorForCoTDPO": "trainer",
     "CoTDPORoundsConfig": "rounds",
@@ -47,6 +48,7 @@ _LAZY = {
 
 __all__ = [
     "JUDGE_PROMPT_TEMPLATE",
+    "LLAMA3_RELEASED_PROMPT_TEMPLATE",
     "LOGP_AGGREGATIONS",
     "LOSS_MODES",
     "RATIONALE_REDUCTIONS",

@@ -23,6 +23,12 @@ CODE_INSTRUCTION_TEMPLATE = (
     "'My answer: ...'. \nQuestion: {prompt}"
 )
 
+# The released code's hard-coded Llama-3 markup (`cotdpo_o.py`), a `prompt_template` value: one user turn and the
+# assistant header, with no `<|begin_of_text|>` (BOS) and no system turn, where Llama-3.1's chat template adds both.
+LLAMA3_RELEASED_PROMPT_TEMPLATE = (
+    "<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+
 # DPO's own loss settings: CoTD-PO's loss does not read them, so a changed value would be silently ignored.
 _UNUSED_DPO_DEFAULTS = {"beta": 0.1, "loss_type": ["sigmoid"], "loss_weights": None, "ld_alpha": None,
                         "use_weighting": False, "label_smoothing": 0.0, "f_divergence_type": "reverse_kl",
@@ -87,6 +93,11 @@ class CoTDPOConfig(TeacherGenerationConfig, DPOConfig):
             `False`: no rationale, the candidates are whole student continuations (No-Teacher-CoT ablation).
         instruction_template (`str`, *optional*, defaults to the released code's):
             User message built from the instruction; `{prompt}` is replaced by the (last user turn of the) prompt.
+        prompt_template (`str` or `None`, *optional*, defaults to `None`):
+            Raw prompt markup used instead of the tokenizer's chat template, with exactly one `{prompt}` (replaced by
+            the user message of `instruction_template`); the text is tokenized as is, adding no BOS. Prompts must then
+            be a single user turn. `LLAMA3_RELEASED_PROMPT_TEMPLATE` is the released code's Llama-3 markup (no BOS, no
+            system turn). `None`: the chat template.
         thought_prefix (`str`, *optional*, defaults to `"My thought: "`):
             Text before the teacher's rationale, at the start of the assistant turn.
         answer_prefix (`str`, *optional*, defaults to `"My answer:"`):
@@ -157,6 +168,12 @@ class CoTDPOConfig(TeacherGenerationConfig, DPOConfig):
         default=CODE_INSTRUCTION_TEMPLATE,
         metadata={"help": "User message around the instruction, with a {prompt} field (released code; paper: none)."},
     )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "Raw prompt markup with exactly one {prompt} (the instruction-wrapped user message), used "
+                          "instead of the chat template and tokenized adding no BOS; e.g. the released code's "
+                          "Llama-3 markup, LLAMA3_RELEASED_PROMPT_TEMPLATE. None (ours): the chat template."},
+    )
     thought_prefix: str = field(
         default="My thought: ", metadata={"help": "Text before the rationale (released code)."}
     )
@@ -216,6 +233,8 @@ class CoTDPOConfig(TeacherGenerationConfig, DPOConfig):
             raise ValueError("alpha, rationale_weight and best_answer_nll_weight are all 0: the loss would be 0.")
         if "{prompt}" not in self.instruction_template:
             raise ValueError(f"instruction_template must contain '{{prompt}}', got {self.instruction_template!r}.")
+        if self.prompt_template is not None and self.prompt_template.count("{prompt}") != 1:
+            raise ValueError(f"prompt_template must contain '{{prompt}}' exactly once, got {self.prompt_template!r}.")
         for name, default in _UNUSED_DPO_DEFAULTS.items():
             if getattr(self, name) != default:
                 raise ValueError(

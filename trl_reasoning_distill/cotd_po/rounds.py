@@ -134,8 +134,8 @@ class TeacherRationales:
 
     Args:
         model (`PreTrainedModel`): the teacher.
-        tokenizer (`PreTrainedTokenizerBase`): its tokenizer, with a chat template.
-        args (`CoTDPOConfig`): gives `instruction_template`, `thought_prefix` and `answer_prefix`.
+        tokenizer (`PreTrainedTokenizerBase`): its tokenizer, with a chat template unless `args.prompt_template`.
+        args (`CoTDPOConfig`): gives `instruction_template`, `prompt_template`, `thought_prefix` and `answer_prefix`.
         temperature (`float`, *optional*, defaults to `0.0`): sampling temperature (0: greedy).
         top_p (`float`, *optional*, defaults to `1.0`): nucleus.
         max_new_tokens (`int`, *optional*, defaults to `1024`): longest rationale.
@@ -158,7 +158,8 @@ class TeacherRationales:
     def identity(self) -> dict:
         """The teacher (its generator's identity), the prompt format and the decoding of the rationales."""
         return {"generator": model_identity(self.generator), "tokenizer": tokenizer_identity(self.tokenizer),
-                "format": [self.args.instruction_template, self.args.thought_prefix, self.args.answer_prefix],
+                "format": [self.args.instruction_template, self.args.thought_prefix, self.args.answer_prefix,
+                           *([] if self.args.prompt_template is None else [self.args.prompt_template])],
                 "temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
 
     def rationales(self, prompts: Sequence[Prompt]) -> list[str | None]:

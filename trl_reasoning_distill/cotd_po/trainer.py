@@ -50,15 +50,27 @@ def wrap_prompt(prompt: str | list[dict], template: str) -> list[dict]:
     return messages
 
 
+def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt, args: CoTDPOConfig) -> str:
+    """The instruction's text up to the answer: `args.prompt_template` around the user message (the released code's
+    raw markup, a single user turn), or else the chat template with the generation prompt."""
+    messages = wrap_prompt(prompt, args.instruction_template)
+    if args.prompt_template is not None:
+        if len(messages) != 1:
+            raise ValueError(f"a raw `prompt_template` takes a single user turn; this prompt has {len(messages)} "
+                             f"messages: {prompt!r:.200}. Use the chat template (prompt_template=None) instead.")
+        return args.prompt_template.replace("{prompt}", messages[0]["content"])
+    if tokenizer.chat_template is None:
+        raise ValueError("CoTD-PO needs a tokenizer with a chat template (or a raw `prompt_template`); set "
+                         "`tokenizer.chat_template`.")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def encode_context(tokenizer: PreTrainedTokenizerBase, prompt, rationale: str | None,
                    args: CoTDPOConfig) -> tuple[list[int], list[int]]:
-    """`(prefix_ids, rationale_ids)`: the chat-templated instruction with the generation prompt, and
-    `thought_prefix + rationale + answer_prefix` ([] when `rationale` is None: no teacher rationale). The student
-    samples its answers after exactly these ids, and the trainer scores the answers after them."""
-    if tokenizer.chat_template is None:
-        raise ValueError("CoTD-PO needs a tokenizer with a chat template; set `tokenizer.chat_template`.")
-    text = tokenizer.apply_chat_template(wrap_prompt(prompt, args.instruction_template), tokenize=False,
-                                         add_generation_prompt=True)
+    """`(prefix_ids, rationale_ids)`: the templated instruction ([`prompt_text`], tokenized adding no special
+    token), and `thought_prefix + rationale + answer_prefix` ([] when `rationale` is None: no teacher rationale). The
+    student samples its answers after exactly these ids, and the trainer scores the answers after them."""
+    text = prompt_text(tokenizer, prompt, args)
     prefix_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if rationale is None:
         return prefix_ids, []
