@@ -182,3 +182,24 @@ def test_cli_reproduce_table_reads_the_csv_and_draws_the_plot(tmp_path, capsys):
     assert f"| {rep.VCRD} | 0.001 | 2 | 0.400 ± 0.071 |" in printed
     assert "paper's gain" in printed  # no per-problem results beside this CSV: no paired rows
     assert out.with_suffix(".png").exists()
+
+
+def test_the_committed_rates_are_what_the_committed_sweep_chose():
+    """`CHOSEN` (the demo's and the examples' rates) is the choice of the committed reproduction's sweep."""
+    with (ROOT / "benchmarks" / "results" / "reproduce.csv").open(newline="") as handle:
+        chosen = report.chosen_rates(list(csv.DictReader(handle)))
+    assert {method: chosen[method] for method in rep.METHODS} == rep.CHOSEN
+
+
+def test_teacher_data_of_a_seed_is_sampled_once_and_reused_by_every_rate(tmp_path):
+    """Gen-SSD's budgeted sampling, run again for another learning rate of the same seed, reads its file back (it
+    used to be refused: the resumed prefix lacked the records already sampled)."""
+    from trl_reasoning_distill.toy import load_toy_student, load_toy_teacher, load_toy_tokenizer, toy_dataset
+
+    ctx = {"tokenizer": load_toy_tokenizer(), "teacher": load_toy_teacher(), "student": load_toy_student()}
+    prompts = toy_dataset("train", 48, seed=100, min_ops=2, max_ops=3)
+    path = tmp_path / "gen_ssd-seed0.jsonl"
+    first = rep._sample("chunked", prompts, ctx, path, seed=0, budget=15_000)
+    size = path.stat().st_size
+    again = rep._sample("chunked", prompts, ctx, path, seed=0, budget=15_000)
+    assert again[1] == first[1] and again[0].to_list() == first[0].to_list() and path.stat().st_size == size
