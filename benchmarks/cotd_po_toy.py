@@ -31,6 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
+from trl_reasoning_distill.reproduce import COTD_PO_TOY
 from trl_reasoning_distill.results import append_row, finished_rows, mean_std, study_settings, toy_identity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ VARIANTS = {  # name -> CoTDPOConfig overrides, or None for Standard KD
 COLD_START = "student (cold start)"
 FIELDS = ["variant", "seed", "round", "steps", "accuracy", "distinct_1", "distinct_2", "mean_reward",
           "train_seconds", "eval_n"]
-TOY_FORMAT = dict(instruction_template="{prompt}", thought_prefix="<think>", answer_prefix="</think>")
+TOY_FORMAT = COTD_PO_TOY  # the toy world's format: `<think>` steps are the rationale, the boxed number the answer
 TRAINING = dict(per_device_train_batch_size=8, gradient_accumulation_steps=1, learning_rate=2e-4, warmup_steps=0.1,
                 lr_scheduler_type="linear", max_length=256, use_cpu=True, bf16=False, report_to="none",
                 save_strategy="no", logging_steps=50, disable_tqdm=True, activation_checkpointing=False)

@@ -254,7 +254,7 @@ def test_train_cli_lists_the_methods(capsys):
         cli.main(["train", "tsdkd"])
 
 
-@pytest.mark.parametrize(("command", "shown"), [("reproduce", "(default: 64)"), ("demo", "(default: 16)"),
+@pytest.mark.parametrize(("command", "shown"), [("reproduce", "(default: 200)"), ("demo", "(default: 100)"),
                                                 ("build-toy", "--teacher_max_steps")])
 def test_subcommand_help_shows_defaults_and_options(command, shown, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -276,3 +276,14 @@ def test_trl_script_arguments_are_used_not_ignored(tmp_path):
                                  "--eval_max_new_tokens", "8"], prog="gkd.py")
     assert len(trainer.eval_dataset) == 4 and any("eval_loss" in log for log in trainer.state.log_history)
     assert hasattr(trainer.model, "_ddp_params_and_buffers_to_ignore")
+
+
+def test_a_toy_run_prints_in_one_line_what_it_changes_from_the_papers_defaults(capsys):
+    from trl_reasoning_distill.scripts import tsd_kd
+
+    tsd_kd.make_parser("tsd_kd.py").parse([])
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1 and printed[0].startswith("toy settings, changed from the paper's defaults")
+    assert "top_k=3 (paper: 10)" in printed[0] and "entropy_coef=0.015 (paper: 1.0)" in printed[0]
+    tsd_kd.make_parser("tsd_kd.py").parse(["--top_k", "10", "--entropy_coef", "1.0", "--indirect_coef", "0.1"])
+    assert capsys.readouterr().out == ""  # the paper's values given: nothing changed, nothing printed

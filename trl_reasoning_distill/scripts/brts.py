@@ -6,7 +6,7 @@ correct one closest to the student's top-16 tokens is kept (else, with --recover
 answer as a silent key; else the closest one). The student then learns the teacher's top-16 on that rollout, placed
 after the original prompt (L_T, weight lambda = 0.05).
 
-Toy world, CPU, about ten minutes (150 steps of 16 prompts):
+Toy world, CPU, a few minutes (200 steps of 16 prompts):
     trl-distill train brts
     trl-distill train brts --num_teacher_rollouts 4 --recovery true
     accelerate launch examples/brts.py --max_steps 300
@@ -21,11 +21,13 @@ HINT = "make the paper's data with `python examples/data/brts.py`"
 
 def make_parser(prog: str = "brts.py"):
     from ..brts import BRTSConfig
+    from ..reproduce import BRTS, CHOSEN, ON_POLICY_STEPS
     from .common import DistillScriptArguments, ModelConfig, make_parser
 
-    # The paper's defaults (N 2, K 16, lambda 0.05, teacher 0.7 / 0.95, lmbda 1.0) come from BRTSConfig itself.
+    # The paper's defaults (N 2, K 16, lambda 0.05, teacher 0.7 / 0.95, lmbda 1.0) come from BRTSConfig itself; the
+    # toy reproduction's budget, chosen learning rate and Tier-2 recovery (its BRTS row) on the toy world.
     return make_parser(prog, (DistillScriptArguments, BRTSConfig, ModelConfig), __doc__, output_dir="runs/brts",
-                       learning_rate=5e-4, max_new_tokens=128)
+                       learning_rate=CHOSEN[BRTS], max_new_tokens=128, max_steps=ON_POLICY_STEPS, recovery=True)
 
 
 def train(script_args, config, model_args):

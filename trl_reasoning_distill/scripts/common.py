@@ -92,9 +92,45 @@ class DistillParser(TrlParser):
 
     def parse(self, argv: list[str]) -> tuple:
         try:
-            return self.parse_args_and_config(argv)
+            parsed = self.parse_args_and_config(argv)
         except (ValueError, OSError) as error:  # unknown flags or keys, a missing --config, a value a config refuses
             self.error(str(error).replace("HfArgumentParser", "this script"))
+        changes = toy_changes(parsed, getattr(self, "toy_defaults", {}))
+        if changes:
+            print("toy settings, changed from the paper's defaults (those the toy reproduction trains with): " +
+                  ", ".join(changes) + "; a paper YAML (--config) sets the paper's values.", flush=True)
+        return parsed
+
+
+def _declared_here(cls, name: str) -> bool:
+    """Whether field `name` of dataclass `cls` is declared by a class of this package (a method setting, whose default
+    is the paper's value), not by TRL or transformers (a training setting)."""
+    owner = next((c for c in cls.__mro__ if name in c.__dict__.get("__annotations__", {})), cls)
+    return owner.__module__.startswith(__package__.split(".")[0])
+
+
+def _short(value, width: int = 24) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def toy_changes(parsed: tuple, toy_defaults: dict) -> list[str]:
+    """`name=value (paper: default)` for each method setting that the script's toy defaults change and that is still
+    in force after parsing (a YAML or flag that sets it takes it out)."""
+    import dataclasses
+
+    changes = []
+    for obj in parsed:
+        if not dataclasses.is_dataclass(obj):
+            continue
+        for f in dataclasses.fields(obj):
+            if f.name not in toy_defaults or not _declared_here(type(obj), f.name):
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            value = getattr(obj, f.name)
+            if value == toy_defaults[f.name] and value != default:
+                changes.append(f"{f.name}={_short(value)} (paper: {_short(default)})")
+    return changes
 
 
 def _no_bf16_without_accelerator(namespace) -> None:
@@ -114,6 +150,7 @@ def make_parser(prog: str, dataclass_types: tuple, description: str, **defaults)
     parser = DistillParser(dataclass_types, prog=prog, description=description,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.set_defaults(**{**TOY_TRAINING_DEFAULTS, **TOY_DATA_DEFAULTS, **defaults})
+    parser.toy_defaults = defaults
     return parser
 
 

@@ -6,7 +6,8 @@ of its own answers (no reference model). Rounds resume where they stopped (`<out
 the prompts, scorer and settings that made them (`<output_dir>/fingerprint.json`; `--overwrite` starts afresh).
 The rounds fine-tune every weight (paper §3): --use_peft and 4/8-bit loading are refused.
 
-Toy world, CPU, about a minute (teacher rationales from the toy teacher, exact correctness as the teacher's score):
+Toy world, CPU, about ten minutes (teacher rationales from the toy teacher, exact correctness as the teacher's
+score):
     trl-distill train cotd_po
     trl-distill train cotd_po --use_teacher_rationale false --rationale_weight 0   # No-Teacher-CoT ablation
     trl-distill train cotd_po --loss_mode pairwise_simpo                           # pairwise ablation (Table 3)
@@ -19,8 +20,6 @@ Paper scale (rationales precomputed by the teacher in a `rationale` column, a te
 from dataclasses import dataclass, field
 
 HINT = "make the paper's prompts with `python examples/data/cotd_po.py`"
-# The toy world's format: the teacher's `<think>` steps are the rationale, the boxed number is the answer.
-TOY_FORMAT = dict(instruction_template="{prompt}", thought_prefix="<think>", answer_prefix="</think>")
 
 
 @dataclass
@@ -46,13 +45,19 @@ class OutputArguments:
 
 def make_parser(prog: str = "cotd_po.py"):
     from ..cotd_po import CoTDPOConfig, CoTDPORoundsConfig
+    from ..reproduce import CHOSEN, COTD_PO, COTD_PO_TOY, SFT_STEPS
     from .common import DistillScriptArguments, ModelConfig, make_parser
 
+    # The toy world's format (the teacher's `<think>` steps are the rationale, the boxed number is the answer) and the
+    # toy reproduction's CoTD-PO run (reproduce.py: run_cotd_po): 2 rounds of SFT_STEPS / 2 steps of batch 16,
+    # one fresh prompt per sequence (toy:train:8000), K = 4 answers of <= 24 tokens, its chosen learning rate.
+    rounds = 2
     return make_parser(prog, (DistillScriptArguments, TeacherArguments, CoTDPORoundsConfig, CoTDPOConfig, ModelConfig,
                               OutputArguments), __doc__,
-                       output_dir="runs/cotd_po", max_steps=30, per_device_train_batch_size=8, warmup_steps=3,
-                       learning_rate=2e-4, logging_steps=10, **TOY_FORMAT, gradient_accumulation_steps=1,
-                       num_rounds=3, prompts_per_round=128, num_candidates=4, max_new_tokens=24)
+                       output_dir="runs/cotd_po", max_steps=SFT_STEPS // rounds, per_device_train_batch_size=16,
+                       warmup_steps=0.1, learning_rate=CHOSEN[COTD_PO], logging_steps=25, **COTD_PO_TOY,
+                       gradient_accumulation_steps=1, num_rounds=rounds, prompts_per_round=SFT_STEPS * 16 // rounds,
+                       num_candidates=4, max_new_tokens=24, dataset_name=f"toy:train:{SFT_STEPS * 16}")
 
 
 def make_scorer(teacher_args: TeacherArguments, teacher, teacher_tokenizer, config):

@@ -12,11 +12,14 @@ Real models (a GPU; see examples/configs/ for paper-scale settings):
 
 def make_parser(prog: str = "gkd.py"):
     from ..kd_config import KDConfig
+    from ..reproduce import CHOSEN, GKD, ON_POLICY_STEPS
     from .common import DistillScriptArguments, ModelConfig, make_parser
 
-    # GKD's on-policy setting (lmbda 1), the symmetric JSD (beta 0.5); ours for the toy run: 128 new tokens.
+    # GKD's on-policy setting (lmbda 1), the symmetric JSD (beta 0.5); ours for the toy run: 128 new tokens, and the
+    # toy reproduction's budget and chosen learning rate (benchmarks/results/reproduce.csv).
     return make_parser(prog, (DistillScriptArguments, KDConfig, ModelConfig), __doc__, output_dir="runs/gkd",
-                       lmbda=1.0, beta=0.5, temperature=1.0, max_new_tokens=128)
+                       lmbda=1.0, beta=0.5, temperature=1.0, max_new_tokens=128, max_steps=ON_POLICY_STEPS,
+                       learning_rate=CHOSEN[GKD])
 
 
 def train(script_args, config, model_args):

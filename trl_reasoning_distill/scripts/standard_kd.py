@@ -20,11 +20,13 @@ class SamplingArguments:
 
 def make_parser(prog: str = "standard_kd.py"):
     from .._trl import SFTConfig
+    from ..reproduce import CHOSEN, SFT_STEPS, STANDARD_KD
     from .common import DistillScriptArguments, ModelConfig, TeacherArguments, make_parser
 
     return make_parser(prog, (DistillScriptArguments, SFTConfig, ModelConfig, TeacherArguments, SamplingArguments,
                               teacher_generation_arguments()),
-                       __doc__, output_dir="runs/standard_kd", completion_only_loss=True)
+                       __doc__, output_dir="runs/standard_kd", completion_only_loss=True, max_steps=SFT_STEPS,
+                       learning_rate=CHOSEN[STANDARD_KD])  # the toy reproduction's budget and chosen rate
 
 
 def teacher_generation_arguments():

@@ -17,12 +17,15 @@ HINT = "make the paper's prompts with `python examples/data/tsd_kd.py`"
 
 
 def make_parser(prog: str = "tsd_kd.py"):
+    from ..reproduce import CHOSEN, ON_POLICY_STEPS, TSD_KD, TSD_KD_TOY
     from ..tsd_kd import TSDKDConfig
     from .common import DistillScriptArguments, ModelConfig, make_parser
 
-    # The paper's loss defaults (beta 0.9, K 10, p = rho = 0.1, alpha 0.1, lmbda 1.0) come from TSDKDConfig itself.
+    # The paper's loss defaults (beta 0.9, K 10, p = rho = 0.1, alpha 0.1, lmbda 1.0) come from TSDKDConfig itself;
+    # on the toy world the extra terms are toy-scaled (K 3, gamma 0.015, alpha 0.01: the paper's collapse the toy
+    # student, benchmarks/tsd_kd_toy.py), at the toy reproduction's budget and chosen learning rate.
     return make_parser(prog, (DistillScriptArguments, TSDKDConfig, ModelConfig), __doc__, output_dir="runs/tsd_kd",
-                       learning_rate=5e-4, max_new_tokens=128)
+                       learning_rate=CHOSEN[TSD_KD], max_new_tokens=128, max_steps=ON_POLICY_STEPS, **TSD_KD_TOY)
 
 
 def train(script_args, config, model_args):

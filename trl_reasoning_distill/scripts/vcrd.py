@@ -36,14 +36,15 @@ class RolloutArguments:
 
 
 def make_parser(prog: str = "vcrd.py"):
+    from ..reproduce import CHOSEN, ON_POLICY_STEPS, VCRD
     from ..vcrd import VCRDConfig
     from .common import DistillScriptArguments, ModelConfig, make_parser
 
     # Toy settings (ours): the toy world has an exact step checker and no PRM; its {0, 1} scores make Eq. (1) give
     # 0, ~1 or 1/eps, so w is capped at 2 (the PRM-free bound). Toy prompts are ~20 tokens, solutions < 192.
     return make_parser(prog, (DistillScriptArguments, VCRDConfig, ModelConfig, RolloutArguments), __doc__,
-                       output_dir="runs/vcrd", learning_rate=5e-4, validity_judge="step_checker", weight_clip_max=2.0,
-                       max_prompt_length=64, max_new_tokens=192)
+                       output_dir="runs/vcrd", learning_rate=CHOSEN[VCRD], validity_judge="step_checker",
+                       weight_clip_max=2.0, max_prompt_length=64, max_new_tokens=192, max_steps=ON_POLICY_STEPS)
 
 
 def train(script_args, config, model_args, rollouts: RolloutArguments):
