@@ -77,7 +77,7 @@ SFT_TYPE = (STANDARD_KD, GEN_SSD, COTD_PO)  # trained `sft_steps` optimizer step
 # Ours: two rates per family around the toy runs that trained (SFT 1e-3 and GKD 5e-4 in the headroom measurements of
 # the toy build; CoTD-PO's DPO-style loss at a fifth of SFT's), the higher one doubled.
 SWEEP = {"sft": (1e-3, 2e-3), "kd": (5e-4, 1e-3), "cotd_po": (2e-4, 5e-4)}
-CHOSEN = {STANDARD_KD: 1e-3, GEN_SSD: 1e-3, COTD_PO: 2e-4, GKD: 5e-4, TSD_KD: 5e-4, VCRD: 5e-4, BRTS: 5e-4}
+CHOSEN = {STANDARD_KD: 1e-3, GEN_SSD: 1e-3, COTD_PO: 5e-4, GKD: 5e-4, TSD_KD: 5e-4, VCRD: 1e-3, BRTS: 5e-4}
 # Ours: past the first-steps dip of a fresh optimizer on the toy student (DESIGN §7; SFT on verified teacher samples
 # gains > 0.20 in 500 steps, tests/test_toy_headroom.py), a few minutes per run on 2 CPU cores.
 ON_POLICY_STEPS, SFT_STEPS = 200, 500
