@@ -19,11 +19,11 @@ BASELINE = {  # the baselines are measured against the cold start; each method a
     GEN_SSD: STANDARD_KD, TSD_KD: GKD, VCRD: GKD, COTD_PO: STANDARD_KD, BRTS: GKD,
 }
 PAPER_GAIN = {  # the paper's headline gain over that baseline (Table 1; BRTS: Table 2); a different task and scale
-    GEN_SSD: "+5.9 avg. of 5 math benchmarks over Standard KD (QwQ-32B -> Qwen2.5-Math-1.5B)",
-    TSD_KD: "+8.0 MATH over GKD beta 0.9 (Qwen2.5 14B -> 1.5B; 18.1 -> 26.1)",
-    VCRD: "+2.2 / +3.1 avg. pass@1 over GKD (Qwen2-Math / Qwen2.5-Math 7B -> 1.5B)",
-    COTD_PO: "+35.2 AlpacaEval 2 LC over CoT fine-tuning (Specialized KD 18.59 -> 53.80; Llama-3.1-8B)",
-    BRTS: "+3.3 AIME25 mean over plain on-policy distillation (N = 2 + Tier 2; R1-Distill-1.5B)",
+    GEN_SSD: "+5.9, mean of 5 math benchmarks (QwQ-32B -> Qwen2.5-Math-1.5B)",
+    TSD_KD: "+8.0 MATH, GKD beta 0.9 (Qwen2.5-14B -> 1.5B)",
+    VCRD: "+2.2 / +3.1 mean pass@1 (Qwen2-Math / Qwen2.5-Math 7B -> 1.5B)",
+    COTD_PO: "+35.2 AlpacaEval 2 LC over CoT fine-tuning (Llama-3.1-8B)",
+    BRTS: "+3.3 AIME25 (N = 2 + Tier 2; R1-Distill-1.5B)",
 }
 SPLITS = {"easy": (2, 3), "hard": (4, 6)}  # operands per held-out test problem (BRTS study's split)
 VALIDATION = (2, 6)  # operands of the validation problems that choose the learning rate: the training prompts' range
@@ -151,8 +151,8 @@ def _cell(mean: float, low: float, high: float) -> str:
 
 
 def verdict(low: float, high: float) -> str:
-    """Resolved when the 95 % interval excludes zero."""
-    return "ahead" if low > 0 else "behind" if high < 0 else "level (not resolved)"
+    """`ahead` or `behind` when the 95 % interval excludes zero (resolved), else `level` (not resolved)."""
+    return "ahead" if low > 0 else "behind" if high < 0 else "level"
 
 
 def gains(rows: list[dict], problems: dict) -> str:
