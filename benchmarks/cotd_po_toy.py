@@ -31,8 +31,8 @@ import statistics
 import time
 from pathlib import Path
 
-from trl_reasoning_distill.reproduce import COTD_PO_TOY
 from trl_reasoning_distill.results import append_row, finished_rows, mean_std, study_settings, toy_identity
+from trl_reasoning_distill.toy_recipes import COTD_PO_TOY
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"

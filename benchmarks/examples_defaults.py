@@ -37,7 +37,7 @@ def sources_digest() -> str:
     """Hash of the code that sets the examples' defaults: the scripts, the configs, the toy budgets."""
     package = ROOT / "trl_reasoning_distill"
     files = sorted([*package.glob("scripts/*.py"), *package.glob("**/config.py"), package / "kd_config.py",
-                    package / "reproduce.py", *ROOT.glob("examples/notebooks/*.ipynb")])
+                    package / "toy_recipes.py", *ROOT.glob("examples/notebooks/*.ipynb")])
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
 
 

@@ -34,8 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from trl_reasoning_distill.reproduce import GEN_SSD_TOY
 from trl_reasoning_distill.results import append_row, finished_rows, mean_std, study_settings, toy_identity
+from trl_reasoning_distill.toy_recipes import GEN_SSD_TOY
 
 RESULTS = Path(__file__).parent / "results"
 CHUNK, BUDGET = GEN_SSD_TOY["chunk_size"], GEN_SSD_TOY["max_new_tokens"]  # 24, 192 (ours): ~36-token solutions

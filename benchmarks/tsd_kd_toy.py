@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from trl_reasoning_distill.reproduce import TSD_KD_TOY
 from trl_reasoning_distill.results import append_row, finished_rows, mean_std, study_settings, toy_identity
+from trl_reasoning_distill.toy_recipes import TSD_KD_TOY
 
 RESULTS = Path(__file__).parent / "results"
 # Toy-scaled coefficients (ours): on this 104-token vocabulary the paper's weights make the entropy and ranking

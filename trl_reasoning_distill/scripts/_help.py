@@ -26,7 +26,7 @@ HELP_FLAGS = ("-h", "--help")
 HELP_WIDTH = 100  # columns of every help text, so a shipped text fits any terminal alike
 # The sources that define the scripts' arguments: their dataclasses, defaults and help strings.
 ARGUMENT_SOURCES = ("scripts/*.py", "*config.py", "*/config.py", "generation/base.py", "divergence.py", "_trl.py",
-                    "__init__.py", "reproduce.py")  # reproduce.py: the toy budgets and learning rates
+                    "__init__.py", "toy_recipes.py")  # toy_recipes.py: the toy budgets and learning rates
 
 
 def wants_help(argv: list[str]) -> bool:

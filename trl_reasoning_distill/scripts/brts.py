@@ -21,7 +21,7 @@ HINT = "make the paper's data with `python examples/data/brts.py`"
 
 def make_parser(prog: str = "brts.py"):
     from ..brts import BRTSConfig
-    from ..reproduce import BRTS, CHOSEN, ON_POLICY_STEPS
+    from ..toy_recipes import BRTS, CHOSEN, ON_POLICY_STEPS
     from .common import DistillScriptArguments, ModelConfig, make_parser
 
     # The paper's defaults (N 2, K 16, lambda 0.05, teacher 0.7 / 0.95, lmbda 1.0) come from BRTSConfig itself; the

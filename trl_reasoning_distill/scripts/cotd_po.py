@@ -45,7 +45,7 @@ class OutputArguments:
 
 def make_parser(prog: str = "cotd_po.py"):
     from ..cotd_po import CoTDPOConfig, CoTDPORoundsConfig
-    from ..reproduce import CHOSEN, COTD_PO, COTD_PO_TOY, SFT_STEPS
+    from ..toy_recipes import CHOSEN, COTD_PO, COTD_PO_TOY, SFT_STEPS
     from .common import DistillScriptArguments, ModelConfig, make_parser
 
     # The toy world's format (the teacher's `<think>` steps are the rationale, the boxed number is the answer) and the

@@ -12,7 +12,7 @@ Real models (a GPU; see examples/configs/ for paper-scale settings):
 
 def make_parser(prog: str = "gkd.py"):
     from ..kd_config import KDConfig
-    from ..reproduce import CHOSEN, GKD, ON_POLICY_STEPS
+    from ..toy_recipes import CHOSEN, GKD, ON_POLICY_STEPS
     from .common import DistillScriptArguments, ModelConfig, make_parser
 
     # GKD's on-policy setting (lmbda 1), the symmetric JSD (beta 0.5); ours for the toy run: 128 new tokens, and the

@@ -20,7 +20,7 @@ class SamplingArguments:
 
 def make_parser(prog: str = "standard_kd.py"):
     from .._trl import SFTConfig
-    from ..reproduce import CHOSEN, SFT_STEPS, STANDARD_KD
+    from ..toy_recipes import CHOSEN, SFT_STEPS, STANDARD_KD
     from .common import DistillScriptArguments, ModelConfig, TeacherArguments, make_parser
 
     return make_parser(prog, (DistillScriptArguments, SFTConfig, ModelConfig, TeacherArguments, SamplingArguments,

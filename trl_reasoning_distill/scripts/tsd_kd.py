@@ -17,7 +17,7 @@ HINT = "make the paper's prompts with `python examples/data/tsd_kd.py`"
 
 
 def make_parser(prog: str = "tsd_kd.py"):
-    from ..reproduce import CHOSEN, ON_POLICY_STEPS, TSD_KD, TSD_KD_TOY
+    from ..toy_recipes import CHOSEN, ON_POLICY_STEPS, TSD_KD, TSD_KD_TOY
     from ..tsd_kd import TSDKDConfig
     from .common import DistillScriptArguments, ModelConfig, make_parser
 

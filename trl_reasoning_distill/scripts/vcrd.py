@@ -36,7 +36,7 @@ class RolloutArguments:
 
 
 def make_parser(prog: str = "vcrd.py"):
-    from ..reproduce import CHOSEN, ON_POLICY_STEPS, VCRD
+    from ..toy_recipes import CHOSEN, ON_POLICY_STEPS, VCRD
     from ..vcrd import VCRDConfig
     from .common import DistillScriptArguments, ModelConfig, make_parser
 
