@@ -88,8 +88,8 @@ def scorer_overhead(trainer, repeats: int = 3) -> tuple[float, float]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--n_test", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--n_test", type=int, default=1000)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=RESULTS / "vcrd_toy.csv")
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
