@@ -207,3 +207,5 @@ def test_resume_is_exact_under_ddp(tmp_path):
 
 if __name__ == "__main__":
     tsd_kd_ddp_run(sys.argv[1], sys.argv[2])
+    if torch.distributed.is_initialized():  # gloo's threads may abort the process at exit otherwise
+        torch.distributed.destroy_process_group()

@@ -301,3 +301,5 @@ def run(out_dir: str, backend: str, per_device: int, grad_accum: int, cases: lis
 
 if __name__ == "__main__":
     run(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:])
+    if torch.distributed.is_initialized():  # gloo's threads may abort the process at exit otherwise
+        torch.distributed.destroy_process_group()
