@@ -69,8 +69,8 @@ def train_once(variant: str, seed: int, steps: int, train, tokenizer, teacher, o
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--n_test", type=int, default=300, help="held-out problems per split (easy, hard)")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--n_test", type=int, default=1000, help="held-out problems per split (easy, hard)")
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=RESULTS / "brts_toy.csv")
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
