@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--overwrite", action="store_true", help="delete --output and its fingerprint, start afresh")
     ev.add_argument("--trust_remote_code", action="store_true")
     sub.add_parser("reproduce", help="every method on the toy world under one budget (see --help)", add_help=False)
-    sub.add_parser("demo", help="the toy reproduction at a small budget (make demo)", add_help=False)
+    sub.add_parser("demo", help="Standard KD and GKD live, then every method as reproduced (make demo)",
+                   add_help=False)
     sub.add_parser("build-toy", help="retrain the toy teacher and student (about 15-20 min on CPU)", add_help=False)
     return parser
 

@@ -1,6 +1,6 @@
 """The toy reproduction: every method and baseline trained from the same cold-started student on the toy world, each
 family under one budget, evaluated on held-out easy and hard problems. `benchmarks/reproduce.py`, `trl-distill
-reproduce` and (at a small budget) `make demo` run it.
+reproduce` run it; `make demo` runs its two baselines.
 
 The budget of a run (per seed), named by its cost axis:
 - **optimizer steps**: `sft_steps` steps of `batch` sequences for the SFT-type methods (Standard KD, Gen-SSD,
