@@ -22,7 +22,7 @@ from pathlib import Path
 from trl_reasoning_distill import reproduce as rep
 from trl_reasoning_distill.gen_ssd.sampler import all_records_path
 from trl_reasoning_distill.jsonl import append_records, read_records
-from trl_reasoning_distill.reproduce_report import METRICS, SPLITS, VALIDATION, paired_bootstrap, verdict
+from trl_reasoning_distill.reproduce_report import METRICS, SPLITS, paired_bootstrap, verdict
 from trl_reasoning_distill.results import append_row, finished_rows, mean_std, toy_identity
 
 RESULTS = Path(__file__).parent / "results"
@@ -31,23 +31,16 @@ FIELDS = ["data", "seed", "examples", "teacher_tokens", "train_seconds", *METRIC
 
 
 def context(n_test: int, work: Path) -> dict:
-    from trl_reasoning_distill.toy import load_toy_student, load_toy_teacher, load_toy_tokenizer, toy_dataset
+    from trl_reasoning_distill.toy import load_toy_student, load_toy_teacher, load_toy_tokenizer
 
-    ctx = {"tokenizer": load_toy_tokenizer(), "teacher": load_toy_teacher(), "student": load_toy_student(),
-           "work": work}
-    ctx["eval_sets"] = {"val": toy_dataset("validation", n_test, seed=0, min_ops=VALIDATION[0],
-                                           max_ops=VALIDATION[1]),
-                        **{s: toy_dataset("test", n_test, seed=0, min_ops=lo, max_ops=hi)
-                           for s, (lo, hi) in SPLITS.items()}}
-    return ctx
+    return {"tokenizer": load_toy_tokenizer(), "teacher": load_toy_teacher(), "student": load_toy_student(),
+            "work": work, "eval_sets": rep.eval_sets(n_test)}
 
 
 def data_sets(ctx: dict, seed: int) -> dict:
     """The reproduction's Standard KD and Gen-SSD data of `seed`; Standard KD cut to Gen-SSD's size, in prompt order,
     with the teacher tokens of the prompts that produced those examples."""
-    from trl_reasoning_distill.toy import toy_dataset
-
-    prompts = toy_dataset("train", rep.SFT_STEPS * 16, seed=100 + seed, min_ops=2, max_ops=6)
+    prompts = rep.train_prompts(rep.SFT_STEPS * 16, seed)
     standard, tokens = rep._sample("plain", prompts, ctx, ctx["work"] / f"standard_kd-seed{seed}.jsonl", seed)
     gen_ssd, gen_tokens = rep._sample("chunked", prompts, ctx, ctx["work"] / f"gen_ssd-seed{seed}.jsonl", seed, tokens)
     cut = standard.select(range(len(gen_ssd)))

@@ -257,6 +257,21 @@ def measure(model, ctx: dict) -> tuple[dict, dict]:
     return scores, correct
 
 
+def eval_sets(n_test: int) -> dict:
+    """The held-out problems every run is scored on: `n_test` validation problems and `n_test` per test split."""
+    from .toy import toy_dataset
+
+    return {"val": toy_dataset("validation", n_test, seed=0, min_ops=VALIDATION[0], max_ops=VALIDATION[1]),
+            **{s: toy_dataset("test", n_test, seed=0, min_ops=lo, max_ops=hi) for s, (lo, hi) in SPLITS.items()}}
+
+
+def train_prompts(n: int, seed: int):
+    """The `n` training prompts (2-6 operands) of a seed, the same for every method and rate."""
+    from .toy import toy_dataset
+
+    return toy_dataset("train", n, seed=100 + seed, min_ops=2, max_ops=6)
+
+
 def _plan(methods: list[str], seeds: list[int], sweep: bool, done: dict) -> list[tuple[str, int, float | None]]:
     """The (method, seed, rate) runs in order: with `sweep`, every rate of the family on the first seed, then the
     other seeds at the chosen rate (None until the first seed's sweep is done); else every seed at `CHOSEN`."""
@@ -278,7 +293,7 @@ def reproduce(out: Path, seeds: list[int], steps: int, sft_steps: int, batch: in
     import torch
 
     from .progress import ThroughputBar
-    from .toy import load_toy_student, load_toy_teacher, load_toy_tokenizer, toy_dataset
+    from .toy import load_toy_student, load_toy_teacher, load_toy_tokenizer
     from .utils import quiet_cpu_run
 
     unknown = [m for m in methods if m not in RUNNERS]
@@ -298,9 +313,7 @@ def reproduce(out: Path, seeds: list[int], steps: int, sft_steps: int, batch: in
     ctx["work"] = out.with_suffix(".work")
     rows = finished_rows(out, FIELDS, settings, overwrite, companions=(correct_path, ctx["work"]))
     ctx["work"].mkdir(parents=True, exist_ok=True)
-    ctx["eval_sets"] = {"val": toy_dataset("validation", n_test, seed=0, min_ops=VALIDATION[0], max_ops=VALIDATION[1]),
-                        **{s: toy_dataset("test", n_test, seed=0, min_ops=lo, max_ops=hi)
-                           for s, (lo, hi) in SPLITS.items()}}
+    ctx["eval_sets"] = eval_sets(n_test)
     ctx["done"] = done = {(r["method"], int(r["seed"]), float(r["learning_rate"] or 0)): r for r in rows}
 
     fixed = [(COLD_START, 0, 0.0), (TEACHER, 0, 0.0)]
@@ -332,7 +345,7 @@ def reproduce(out: Path, seeds: list[int], steps: int, sft_steps: int, batch: in
         if (method, seed, lr) in done:
             continue
         n_steps = sft_steps if method in SFT_TYPE else steps
-        prompts = toy_dataset("train", n_steps * batch, seed=100 + seed, min_ops=2, max_ops=6)
+        prompts = train_prompts(n_steps * batch, seed)
         bar.describe(f"reproduce: {method}, seed {seed}, lr {lr:g}")
         torch.manual_seed(seed)
         with tempfile.TemporaryDirectory() as run_dir:
