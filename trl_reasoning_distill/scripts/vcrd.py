@@ -4,12 +4,13 @@ Offline, as in the paper: one teacher response and one student response per prom
 (unless the data has them as `teacher_completion`/`student_completion`, or DistiLLM-2's `chosen`/`rejected`). The
 student then learns with skew KL on the teacher's responses and skew reverse KL on its own, each token weighted by
 how a judge rates the student's proposed step against the teacher's under the same prefix (w = r_S / r_T): here the
-toy world's exact step checker, at paper scale a PRM (Skywork-o1-Open-PRM), or the PRM-free teacher-probability weight.
+toy world's PRM-free teacher-probability weight (as the reproduction), at paper scale a PRM (Skywork-o1-Open-PRM), or
+the toy world's exact step checker.
 LoRA (the paper's Table 9) with TRL's --use_peft true --lora_r 16 --lora_alpha 128 ...
 
 Toy world, CPU, a few minutes:
     trl-distill train vcrd
-    trl-distill train vcrd --validity_judge teacher_prob --max_steps 300
+    trl-distill train vcrd --validity_judge step_checker --weight_clip_max 2   # the exact step checker as judge
 The sampled rollouts are a resumable file (default <output_dir>/rollouts.jsonl), fingerprinted with the models and
 settings that made them: a rerun under other ones stops and names what differs; `--overwrite` starts afresh.
 Paper scale (Qwen2.5-Math-7B-Instruct -> Qwen2.5-Math-1.5B, Skywork PRM, LoRA, 4 GPUs):
@@ -40,11 +41,12 @@ def make_parser(prog: str = "vcrd.py"):
     from ..vcrd import VCRDConfig
     from .common import DistillScriptArguments, ModelConfig, make_parser
 
-    # Toy settings (ours): the toy world has an exact step checker and no PRM; its {0, 1} scores make Eq. (1) give
-    # 0, ~1 or 1/eps, so w is capped at 2 (the PRM-free bound). Toy prompts are ~20 tokens, solutions < 192.
+    # Toy settings (ours): the toy world has no PRM; the PRM-free weight (paper §10.4) is the reproduction's judge and
+    # the better one in the toy study (its exact step checker's {0, 1} scores give w = 0 wherever the student errs,
+    # benchmarks/vcrd_toy.py). Toy prompts are ~20 tokens, solutions < 192.
     return make_parser(prog, (DistillScriptArguments, VCRDConfig, ModelConfig, RolloutArguments), __doc__,
-                       output_dir="runs/vcrd", learning_rate=CHOSEN[VCRD], validity_judge="step_checker",
-                       weight_clip_max=2.0, max_prompt_length=64, max_new_tokens=192, max_steps=ON_POLICY_STEPS)
+                       output_dir="runs/vcrd", learning_rate=CHOSEN[VCRD], validity_judge="teacher_prob",
+                       max_prompt_length=64, max_new_tokens=192, max_steps=ON_POLICY_STEPS)
 
 
 def train(script_args, config, model_args, rollouts: RolloutArguments):
