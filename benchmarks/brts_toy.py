@@ -46,7 +46,8 @@ TRAINING = dict(per_device_train_batch_size=16, learning_rate=5e-4, warmup_steps
 EVAL_TOKENS = 192
 
 
-def train_once(variant: str, seed: int, steps: int, train, tokenizer, teacher, out: str):
+def train_once(variant: str, seed: int, steps: int, train, tokenizer, teacher, out: str, clock=time.time):
+    """Train one variant; returns the model, the training time by `clock` and BRTS's tier statistics."""
     from trl_reasoning_distill import KDConfig, KDTrainer, load_toy_student
     from trl_reasoning_distill.brts import BRTSConfig, BRTSTrainer
 
@@ -59,11 +60,11 @@ def train_once(variant: str, seed: int, steps: int, train, tokenizer, teacher, o
     )
     trainer = trainer_cls(model=load_toy_student(), teacher_model=teacher, args=args, train_dataset=train,
                           processing_class=tokenizer)
-    start = time.time()
+    start = clock()
     trainer.train()
     logs = [log for log in trainer.state.log_history if "brts/frac_tier1" in log]
     stats = {name: statistics.mean(log[f"brts/{name}"] for log in logs) if logs else "" for name in TIER_STATS}
-    return trainer.model, time.time() - start, stats
+    return trainer.model, clock() - start, stats
 
 
 def main(argv=None):
@@ -76,13 +77,15 @@ def main(argv=None):
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
     parser.add_argument("--overwrite", action="store_true", help="delete --out and start afresh")
     parser.add_argument("--step_time", type=int, default=0, metavar="STEPS",
-                        help="time STEPS training steps of every variant back to back, print the ratios, and exit")
+                        help="time STEPS training steps of every variant in interleaved rounds (CPU time), print the "
+                             "ratios, and exit")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of --step_time")
     args = parser.parse_args(argv)
     if args.table:
         print(table(args.out))
         return
     if args.step_time:
-        print(step_time_table(args.step_time, args.variants, RESULTS / "brts_step_time.csv"))
+        print(step_time_table(args.step_time, args.variants, RESULTS / "brts_step_time.csv", args.repeats))
         return
 
     from trl_reasoning_distill import evaluate, load_toy_student, load_toy_teacher, load_toy_tokenizer, toy_dataset
@@ -98,8 +101,9 @@ def main(argv=None):
         return {f"accuracy_{split}": evaluate(model, tokenizer, test, max_new_tokens=EVAL_TOKENS, progress=False)
                 .greedy_accuracy for split, test in tests.items()}
 
-    settings = study_settings(args, ignore=["step_time"], variant_configs=VARIANTS, training=TRAINING, splits=SPLITS,
-                              eval_tokens=EVAL_TOKENS, **toy_identity(teacher=teacher, tokenizer=tokenizer))
+    settings = study_settings(args, ignore=["step_time", "repeats"], variant_configs=VARIANTS, training=TRAINING,
+                              splits=SPLITS, eval_tokens=EVAL_TOKENS,
+                              **toy_identity(teacher=teacher, tokenizer=tokenizer))
     done = {(r["variant"], int(r["seed"])) for r in finished_rows(args.out, FIELDS, settings, args.overwrite)}
     for name, load in (("student (cold start)", load_toy_student), ("teacher", lambda: teacher)):
         if (name, 0) not in done:
@@ -119,10 +123,10 @@ def main(argv=None):
                   f" ({seconds / args.steps:.2f} s/step)", flush=True)
 
 
-def step_time_table(steps: int, variants: list[str], csv_path: Path | None = None) -> str:
-    """Seconds per training step of each variant, run back to back on the same prompts and seed (so under the same
-    machine load, unlike the study's runs), as a markdown table with the ratio to plain OPD; also written to
-    `csv_path`."""
+def step_time_table(steps: int, variants: list[str], csv_path: Path | None = None, repeats: int = 3) -> str:
+    """CPU seconds (`time.process_time`) per training step of each variant on the same prompts and seed. The machine is
+    shared, so the variants run interleaved (plain OPD, then the others, `repeats` rounds); each round gives one ratio
+    to that round's plain OPD, and the table reports the median and the range. Also written to `csv_path`."""
     import torch
 
     from trl_reasoning_distill import load_toy_teacher, load_toy_tokenizer, toy_dataset
@@ -131,19 +135,29 @@ def step_time_table(steps: int, variants: list[str], csv_path: Path | None = Non
     quiet_cpu_run()
     tokenizer, teacher = load_toy_tokenizer(), load_toy_teacher()
     train = toy_dataset("train", 2048, seed=0, min_ops=2, max_ops=6).select_columns(["prompt", "answer"])
-    seconds = {}
-    for variant in [OPD, *(v for v in variants if v != OPD)]:
-        torch.manual_seed(0)
-        with tempfile.TemporaryDirectory() as out:
-            seconds[variant] = train_once(variant, 0, steps, train, tokenizer, teacher, out)[1] / steps
+    order = [OPD, *(v for v in variants if v != OPD)]
+    seconds = {variant: [] for variant in order}
+    for _ in range(repeats):
+        for variant in order:
+            torch.manual_seed(0)
+            with tempfile.TemporaryDirectory() as out:
+                cpu = train_once(variant, 0, steps, train, tokenizer, teacher, out, clock=time.process_time)[1]
+            seconds[variant].append(cpu / steps)
+    rows = []
+    for variant, times in seconds.items():
+        ratios = [t / base for t, base in zip(times, seconds[OPD])]
+        rows.append({"variant": variant, "steps": steps, "repeats": repeats,
+                     "cpu_seconds_per_step": statistics.median(times), "ratio_to_plain_opd": statistics.median(ratios),
+                     "ratio_min": min(ratios), "ratio_max": max(ratios)})
     if csv_path is not None:
         with csv_path.open("w", newline="") as handle:  # written whole each time, never resumed
-            writer = csv.DictWriter(handle, ["variant", "steps", "seconds_per_step", "ratio_to_plain_opd"])
+            writer = csv.DictWriter(handle, list(rows[0]))
             writer.writeheader()
-            writer.writerows({"variant": variant, "steps": steps, "seconds_per_step": time_,
-                              "ratio_to_plain_opd": time_ / seconds[OPD]} for variant, time_ in seconds.items())
-    lines = [f"| variant ({steps} steps each) | s/step | × plain OPD |", "| --- | --- | --- |"]
-    lines += [f"| {v} | {t:.2f} | {t / seconds[OPD]:.2f} |" for v, t in seconds.items()]
+            writer.writerows(rows)
+    lines = [f"| variant ({steps} steps, {repeats} interleaved rounds) | CPU s/step | × plain OPD (median) | range |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {r['variant']} | {r['cpu_seconds_per_step']:.2f} | {r['ratio_to_plain_opd']:.2f} | "
+              f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f} |" for r in rows]
     return "\n".join(lines)
 
 

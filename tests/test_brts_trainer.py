@@ -380,6 +380,9 @@ def test_toy_benchmark_resumes_and_tabulates(tmp_path):
     assert all(0.0 <= float(row[split]) <= 1.0 for row in rows for split in ("accuracy_easy", "accuracy_hard"))
     table = module.table(out)
     assert "| BRTS N=2 + recovery | 1 |" in table and "| plain OPD (student-context term only) | 1 |" in table
-    step_times = module.step_time_table(1, ["BRTS N=2"], tmp_path / "step_time.csv")
-    assert len(list(csv.DictReader((tmp_path / "step_time.csv").open()))) == 2
+    step_times = module.step_time_table(1, ["BRTS N=2"], tmp_path / "step_time.csv", repeats=2)
+    timed = list(csv.DictReader((tmp_path / "step_time.csv").open()))
+    assert [row["variant"] for row in timed] == ["plain OPD (student-context term only)", "BRTS N=2"]
+    assert float(timed[0]["ratio_to_plain_opd"]) == 1.0 and float(timed[1]["cpu_seconds_per_step"]) > 0
+    assert float(timed[1]["ratio_min"]) <= float(timed[1]["ratio_to_plain_opd"]) <= float(timed[1]["ratio_max"])
     assert "| plain OPD (student-context term only) | " in step_times and "| BRTS N=2 | " in step_times
