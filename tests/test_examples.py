@@ -39,3 +39,17 @@ def test_example_runs(script, tmp_path):
         assert (tmp_path / "run" / "training_args.bin").exists() and (tmp_path / "run" / "README.md").exists()
     else:
         assert (tmp_path / "run" / "training_args.json").exists()
+
+
+@pytest.mark.slow
+def test_standard_kd_example_repeats_itself(tmp_path):
+    """The teacher's samples are seeded by `--seed`: the same command draws the same data and trains the same model."""
+    runs = []
+    for i in range(2):
+        out = run([str(ROOT / "examples" / "standard_kd.py"), *TINY, *EXAMPLES["standard_kd.py"], "--output_dir",
+                   str(tmp_path / f"run{i}")], ROOT / "examples", tmp_path)
+        lines = [line for line in out.splitlines() if "verified teacher samples" in line or "student after" in line]
+        runs.append([line.split(" (")[0] for line in lines])  # without the wall time
+    assert len(runs[0]) == 2 and runs[0] == runs[1]
+    weights = [(tmp_path / f"run{i}" / "model.safetensors").read_bytes() for i in range(2)]
+    assert weights[0] == weights[1]

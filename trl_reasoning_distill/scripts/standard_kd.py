@@ -68,7 +68,7 @@ def train(script_args, config, model_args, teacher_args, sampling: SamplingArgum
     teacher = teacher_sampler(teacher_args.teacher_model_name_or_path, model_args, teacher_generation, tokenizer,
                               trust_remote_code=config.trust_remote_code, num_processes=config.world_size)
     accuracy(student, tokenizer, eval_rows, script_args, "student before")
-    data = rejection_sample(teacher, tokenizer, prompts, n=sampling.samples_per_prompt,
+    data = rejection_sample(teacher, tokenizer, prompts, n=sampling.samples_per_prompt, seed=config.seed,
                             temperature=sampling.sample_temperature, max_new_tokens=sampling.sample_max_new_tokens)
     print(f"{len(data)} verified teacher samples, {sum(data['tokens_generated'])} teacher tokens generated")
     trainer = SFTTrainer(model=student, args=config, train_dataset=data.select_columns(["prompt", "completion"]),
