@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from trl_reasoning_distill.reproduce_report import SPLITS  # operands per held-out problem: easy 2-3, hard 4-6
 from trl_reasoning_distill.results import append_row, finished_rows, mean_std, study_settings, toy_identity
 
 RESULTS = Path(__file__).parent / "results"
@@ -36,7 +37,6 @@ VARIANTS = {  # name -> (trainer, config overrides)
     "BRTS N=2, lambda 1": ("brts", {"num_teacher_rollouts": 2, "teacher_context_coef": 1.0}),
 }
 DEFAULT_VARIANTS = list(VARIANTS)[:6]
-SPLITS = {"easy": (2, 3), "hard": (4, 6)}  # operands per held-out problem
 TIER_STATS = ["pool_accuracy", "frac_tier1", "frac_tier2", "frac_tier3"]
 FIELDS = ["variant", "seed", "steps", "accuracy_easy", "accuracy_hard", "seconds_per_step", "train_seconds",
           "eval_n", *TIER_STATS]
@@ -89,12 +89,12 @@ def main(argv=None):
         return
 
     from trl_reasoning_distill import evaluate, load_toy_student, load_toy_teacher, load_toy_tokenizer, toy_dataset
+    from trl_reasoning_distill.reproduce import test_sets
     from trl_reasoning_distill.utils import quiet_cpu_run
 
     quiet_cpu_run()
     tokenizer, teacher = load_toy_tokenizer(), load_toy_teacher()
-    tests = {split: toy_dataset("test", args.n_test, seed=0, min_ops=lo, max_ops=hi) for split, (lo, hi) in
-             SPLITS.items()}
+    tests = test_sets(args.n_test)
     train = toy_dataset("train", 2048, seed=0, min_ops=2, max_ops=6).select_columns(["prompt", "answer"])
 
     def accuracies(model) -> dict[str, float]:

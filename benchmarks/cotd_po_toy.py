@@ -174,7 +174,7 @@ def main(argv=None):
     import transformers
 
     from trl_reasoning_distill import load_toy_student, load_toy_teacher, load_toy_tokenizer
-    from trl_reasoning_distill.reproduce import eval_sets, train_prompts
+    from trl_reasoning_distill.reproduce import test_sets, train_prompts
     from trl_reasoning_distill.utils import quiet_cpu_run
 
     quiet_cpu_run()
@@ -182,7 +182,7 @@ def main(argv=None):
     context = {"tokenizer": load_toy_tokenizer(), "teacher": load_toy_teacher(),
                "train": {seed: train_prompts(n_train, seed).select_columns(["id", "prompt", "answer"])
                          for seed in args.seeds}}
-    test = {split: rows for split, rows in eval_sets(args.n_test).items() if split != "val"}
+    test = test_sets(args.n_test)
     n_diversity = min(args.diversity_prompts, args.n_test)
     settings = study_settings(args, variant_configs=VARIANTS, training=TRAINING, toy_format=TOY_FORMAT,
                               learning_rate=LEARNING_RATE, eval_tokens=EVAL_TOKENS,

@@ -40,11 +40,10 @@ def context(n_test: int, work: Path) -> dict:
 def data_sets(ctx: dict, seed: int) -> dict:
     """The reproduction's Standard KD and Gen-SSD data of `seed`; Standard KD cut to Gen-SSD's size, in prompt order,
     with the teacher tokens of the prompts that produced those examples."""
-    prompts = rep.train_prompts(rep.SFT_STEPS * 16, seed)
-    standard, tokens = rep._sample("plain", prompts, ctx, ctx["work"] / f"standard_kd-seed{seed}.jsonl", seed)
+    prompts, path = rep.train_prompts(rep.SFT_STEPS * 16, seed), ctx["work"] / f"standard_kd-seed{seed}.jsonl"
+    standard, tokens = rep._sample("plain", prompts, ctx, path, seed)
     gen_ssd, gen_tokens = rep._sample("chunked", prompts, ctx, ctx["work"] / f"gen_ssd-seed{seed}.jsonl", seed, tokens)
     cut = standard.select(range(len(gen_ssd)))
-    path = ctx["work"] / f"standard_kd-seed{seed}.jsonl"
     seen, kept = read_records(all_records_path(path)), read_records(path)
     cut_tokens = count = 0
     for problem in prompts:  # the prompts Standard KD sampled until its cut was complete (kept ones in prompt order)

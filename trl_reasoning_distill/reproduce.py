@@ -257,12 +257,19 @@ def measure(model, ctx: dict) -> tuple[dict, dict]:
     return scores, correct
 
 
+def test_sets(n_test: int) -> dict:
+    """`n_test` held-out test problems per split (`SPLITS`: easy, hard)."""
+    from .toy import toy_dataset
+
+    return {s: toy_dataset("test", n_test, seed=0, min_ops=lo, max_ops=hi) for s, (lo, hi) in SPLITS.items()}
+
+
 def eval_sets(n_test: int) -> dict:
     """The held-out problems every run is scored on: `n_test` validation problems and `n_test` per test split."""
     from .toy import toy_dataset
 
     return {"val": toy_dataset("validation", n_test, seed=0, min_ops=VALIDATION[0], max_ops=VALIDATION[1]),
-            **{s: toy_dataset("test", n_test, seed=0, min_ops=lo, max_ops=hi) for s, (lo, hi) in SPLITS.items()}}
+            **test_sets(n_test)}
 
 
 def train_prompts(n: int, seed: int):
